@@ -1,0 +1,70 @@
+"""Domain errors. Each declares a stable `reason`; jukinet.rpc.errors maps classes to gRPC codes."""
+
+from typing import ClassVar
+
+
+class JukinetError(Exception):
+    """Base of every error a caller may see. The message must tell a person what to do."""
+
+    reason: ClassVar[str] = "JUKINET_ERROR"
+
+
+class InvalidField(JukinetError):
+    """A request field is malformed; names the field and the problem."""
+
+    reason = "INVALID_FIELD"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class PermissionDeniedError(JukinetError):
+    """The caller's certificate does not allow this call; the message names the rule."""
+
+    reason = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(JukinetError):
+    """The caller presented no usable jukinet identity."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class NotRegistered(JukinetError):
+    """The resident is not (or no longer) registered at this municipality."""
+
+    reason = "NOT_REGISTERED"
+
+
+class AlreadyRegistered(JukinetError):
+    """A create event for a resident this municipality already holds."""
+
+    reason = "ALREADY_REGISTERED"
+
+
+class SequenceGap(JukinetError):
+    """A relay batch does not continue the receiver's cursor for its origin."""
+
+    reason = "SEQUENCE_GAP"
+
+    def __init__(self, origin: str, expected: int, got: int) -> None:
+        super().__init__(
+            f"origin {origin}: expected seq {expected}, got {got}; resume from the receiver's cursor"
+        )
+        self.origin = origin
+        self.expected = expected
+        self.got = got
+
+
+class CodePoolExhausted(JukinetError):
+    """No free 住民票コード left in this municipality's pool; a refill has been requested."""
+
+    reason = "CODE_POOL_EXHAUSTED"
+
+
+class UpstreamUnavailable(JukinetError):
+    """The next tier cannot be reached; retry later (the only error clients retry by themselves)."""
+
+    reason = "UPSTREAM_UNAVAILABLE"

@@ -1,0 +1,81 @@
+"""State rules of the relay: how events become registrations, and registrations a current record.
+
+A tier keeps, per (resident code, municipality), what that municipality last said (a Registration).
+Each origin's events are applied in seq order, so every Registration is a function of its origin's
+event prefix; the current record is a pure function of the set of Registrations. Together this makes
+the final state the same for every interleaving of events from different origins (転出 at A and
+転入 at B may arrive in either order).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from jukinet.domain.model import ChangeEvent, ChangeReason, Effect, Registration, effect_of
+
+
+def registrations_from(event: ChangeEvent) -> list[Registration]:
+    """The registration rows one event writes (two for a code change: the retired and the new code)."""
+    effect = effect_of(event.reason)
+    current = Registration(
+        resident_code=event.resident_code,
+        municipality=event.origin,
+        items=event.items,
+        active=effect is not Effect.DELETE,
+        reason=event.reason,
+        effective_date=event.effective_date,
+        recorded_at=event.recorded_at,
+        seq=event.seq,
+    )
+    if event.reason is not ChangeReason.CODE_CHANGE:
+        return [current]
+    retired = Registration(
+        resident_code=event.previous_code,
+        municipality=event.origin,
+        items=event.items,
+        active=False,
+        reason=event.reason,
+        effective_date=event.effective_date,
+        recorded_at=event.recorded_at,
+        seq=event.seq,
+        replaced_by=event.resident_code,
+    )
+    return [retired, current]
+
+
+class Status(Enum):
+    ACTIVE = "active"  # registered at `holder`
+    DELETED = "deleted"  # no municipality holds the resident (moved away with no move-in yet, died, …)
+    RETIRED = "retired"  # the code was replaced by `replaced_by`
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRecord:
+    resident_code: str
+    status: Status
+    holder: str
+    registration: Registration
+
+    @property
+    def replaced_by(self) -> str:
+        return self.registration.replaced_by
+
+
+def _recency(reg: Registration) -> tuple[object, ...]:
+    return (reg.effective_date, reg.recorded_at, reg.municipality)
+
+
+def current_record(registrations: Iterable[Registration]) -> CurrentRecord | None:
+    """The resident's current record: the most recent active registration if any holds it,
+    otherwise the most recent inactive one (deleted or retired). Ties are broken by recorded
+    time, then municipality code, so the answer never depends on arrival order."""
+    regs = list(registrations)
+    if not regs:
+        return None
+    active = [r for r in regs if r.active]
+    if active:
+        chosen = max(active, key=_recency)
+        return CurrentRecord(chosen.resident_code, Status.ACTIVE, chosen.municipality, chosen)
+    chosen = max(regs, key=_recency)
+    status = Status.RETIRED if chosen.replaced_by else Status.DELETED
+    return CurrentRecord(chosen.resident_code, status, chosen.municipality, chosen)

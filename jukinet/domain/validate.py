@@ -1,0 +1,204 @@
+"""Edge validation: raw field values in, domain objects out, InvalidField naming the field otherwise.
+
+Every node validates at its edge (register intake, relay receive): nothing is auto-corrected except
+Unicode NFC normalization of names and addresses, which the design mandates.
+"""
+
+import datetime as dt
+import re
+import unicodedata
+from zoneinfo import ZoneInfo
+
+from jukinet.codes import valid_local_gov_code, valid_resident_code
+from jukinet.domain.errors import InvalidField
+from jukinet.domain.model import (
+    ASSIGNING_REASONS,
+    CREATE_REASONS,
+    ChangeEvent,
+    ChangeReason,
+    Effect,
+    IdentityItems,
+    RegisterChange,
+    Sex,
+    effect_of,
+)
+
+JST = ZoneInfo("Asia/Tokyo")
+MAX_NAME_CHARS = 100
+MAX_ADDRESS_CHARS = 200
+MAX_REQUEST_ID_CHARS = 64
+EARLIEST_DATE = dt.date(1850, 1, 1)
+_ISO_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_EDGE_SPACES = " \u3000\t"
+
+
+def today_jst() -> dt.date:
+    return dt.datetime.now(JST).date()
+
+
+def text(field: str, value: str, *, max_chars: int, required: bool = True) -> str:
+    """NFC-normalized text without control, format, private-use or unassigned characters."""
+    if not isinstance(value, str):
+        raise InvalidField(field, "must be a string")
+    normalized = unicodedata.normalize("NFC", value)
+    if not normalized:
+        if required:
+            raise InvalidField(field, "is required")
+        return ""
+    if len(normalized) > max_chars:
+        raise InvalidField(field, f"is {len(normalized)} characters long; the limit is {max_chars}")
+    if normalized[0] in _EDGE_SPACES or normalized[-1] in _EDGE_SPACES:
+        raise InvalidField(field, "has leading or trailing spaces; send the value as registered")
+    for position, char in enumerate(normalized):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidField(
+                field, f"character U+{ord(char):04X} at position {position} is not allowed (control or unassigned)"
+            )
+    return normalized
+
+
+def iso_date(field: str, value: str, *, today: dt.date | None = None) -> dt.date:
+    """A real calendar date written YYYY-MM-DD, not before 1850 and not after today (JST)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidField(field, "is required (YYYY-MM-DD)")
+    if not _ISO_DATE.match(value):
+        raise InvalidField(field, f"{value[:20]!r} is not a date in the form YYYY-MM-DD")
+    try:
+        parsed = dt.date.fromisoformat(value)
+    except ValueError:
+        raise InvalidField(field, f"{value!r} is not a real calendar date") from None
+    if parsed < EARLIEST_DATE:
+        raise InvalidField(field, f"{value} is before {EARLIEST_DATE.isoformat()}")
+    limit = today or today_jst()
+    if parsed > limit:
+        raise InvalidField(field, f"{value} is in the future (today is {limit.isoformat()} JST)")
+    return parsed
+
+
+def resident_code(field: str, value: str) -> str:
+    if not isinstance(value, str) or len(value) != 11 or not value.isascii() or not value.isdigit():
+        raise InvalidField(field, "must be exactly 11 ASCII digits (住民票コード)")
+    if not valid_resident_code(value):
+        raise InvalidField(field, "check digit does not match; re-check the code as written on the record")
+    return value
+
+
+def local_gov_code(field: str, value: str) -> str:
+    if not isinstance(value, str) or len(value) != 6 or not value.isascii() or not value.isdigit():
+        raise InvalidField(field, "must be exactly 6 ASCII digits (全国地方公共団体コード)")
+    if not valid_local_gov_code(value):
+        raise InvalidField(field, "is not a valid local-government code (prefecture 01–47 and check digit)")
+    return value
+
+
+def reason(field: str, value: int) -> ChangeReason:
+    if value == 0:
+        raise InvalidField(field, "is unspecified; send one of the 異動事由 values")
+    try:
+        return ChangeReason(value)
+    except ValueError:
+        raise InvalidField(field, f"{value} is not a known 異動事由") from None
+
+
+def sex(field: str, value: int) -> Sex:
+    if value == 0:
+        raise InvalidField(field, "is unspecified; send SEX_MALE or SEX_FEMALE")
+    try:
+        return Sex(value)
+    except ValueError:
+        raise InvalidField(field, f"{value} is not a known sex value") from None
+
+
+def request_id(field: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidField(field, "is required: a unique id the caller reuses on every retry")
+    if len(value) > MAX_REQUEST_ID_CHARS:
+        raise InvalidField(field, f"is longer than {MAX_REQUEST_ID_CHARS} characters")
+    if not value.isascii() or not all(33 <= ord(c) <= 126 for c in value):
+        raise InvalidField(field, "must be printable ASCII without spaces")
+    return value
+
+
+def identity_items(
+    prefix: str,
+    *,
+    name: str,
+    alias: str,
+    birth_date: str,
+    sex_value: int,
+    address: str,
+    today: dt.date | None = None,
+) -> IdentityItems:
+    return IdentityItems(
+        name=text(f"{prefix}name", name, max_chars=MAX_NAME_CHARS),
+        alias=text(f"{prefix}alias", alias, max_chars=MAX_NAME_CHARS, required=False),
+        birth_date=iso_date(f"{prefix}birth_date", birth_date, today=today),
+        sex=sex(f"{prefix}sex", sex_value),
+        address=text(f"{prefix}address", address, max_chars=MAX_ADDRESS_CHARS),
+    )
+
+
+def register_change(
+    *,
+    request_id_value: str,
+    reason_value: int,
+    effective_date: str,
+    resident_code_value: str,
+    items: IdentityItems | None,
+    today: dt.date | None = None,
+) -> RegisterChange:
+    """Cross-field rules for a change from the register system (items are validated by the caller)."""
+    rid = request_id("request_id", request_id_value)
+    why = reason("reason", reason_value)
+    when = iso_date("effective_date", effective_date, today=today)
+    code: str | None = None
+    if why is ChangeReason.BIRTH:
+        if resident_code_value:
+            raise InvalidField("resident_code", "must be empty for a birth: the node assigns the code")
+    elif resident_code_value:
+        code = resident_code("resident_code", resident_code_value)
+    elif why not in ASSIGNING_REASONS:
+        raise InvalidField("resident_code", f"is required for {why.name}")
+    needs_items = why in CREATE_REASONS or (effect_of(why) is Effect.CORRECT and why is not ChangeReason.CODE_CHANGE)
+    if needs_items and items is None:
+        raise InvalidField("items", f"name, birth_date, sex and address are required for {why.name}")
+    if items is not None and when < items.birth_date:
+        raise InvalidField("effective_date", "is before the birth date")
+    if why is ChangeReason.BIRTH and items is not None and items.birth_date != when:
+        raise InvalidField("effective_date", "must equal the birth date for a birth")
+    return RegisterChange(request_id=rid, reason=why, effective_date=when, resident_code=code, items=items)
+
+
+def change_event(
+    *,
+    origin: str,
+    seq: int,
+    resident_code_value: str,
+    previous_code: str,
+    reason_value: int,
+    effective_date: str,
+    recorded_at: dt.datetime,
+    items: IdentityItems,
+    today: dt.date | None = None,
+) -> ChangeEvent:
+    """A relayed event, checked again at the receiving edge."""
+    where = f"event {origin}#{seq}: "
+    if seq < 1:
+        raise InvalidField(f"{where}seq", "must be 1 or more")
+    why = reason(f"{where}reason", reason_value)
+    previous = ""
+    if why is ChangeReason.CODE_CHANGE:
+        previous = resident_code(f"{where}previous_code", previous_code)
+    elif previous_code:
+        raise InvalidField(f"{where}previous_code", "is only allowed on a code change")
+    return ChangeEvent(
+        origin=local_gov_code("origin", origin),
+        seq=seq,
+        resident_code=resident_code(f"{where}resident_code", resident_code_value),
+        previous_code=previous,
+        reason=why,
+        effective_date=iso_date(f"{where}effective_date", effective_date, today=(today or today_jst()) + dt.timedelta(days=1)),
+        recorded_at=recorded_at,
+        items=items,
+    )
