@@ -20,11 +20,17 @@ def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     bin_dir = Path(sys.executable).parent
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}",
-        f"--python_out={out}", f"--grpc_python_out={out}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
-        f"--mypy_out={out}", f"--mypy_grpc_out={out}", *protos,
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *protos,
     ]
     subprocess.run(cmd, check=True, cwd=PROTO_ROOT, stdout=subprocess.DEVNULL)  # noqa: S603
     for package in (Path("jukinet") / "wire", PACKAGE_DIR):
@@ -38,10 +44,13 @@ def main() -> int:
             generate(Path(tmp))
             fresh = Path(tmp) / "jukinet" / "wire" / "v1"
             names = sorted(p.name for p in fresh.iterdir() if p.is_file())
-            committed = sorted(p.name for p in (target / "v1").iterdir() if p.is_file() and p.suffix in {".py", ".pyi"})
+            committed = sorted(
+                p.name for p in (target / "v1").iterdir() if p.is_file() and p.suffix in {".py", ".pyi"}
+            )
             _, mismatch, errors = filecmp.cmpfiles(fresh, target / "v1", names, shallow=False)
             if mismatch or errors or names != committed:
-                print(f"jukinet/wire is stale ({mismatch + errors or 'file list differs'}): run `python proto/generate.py`")
+                stale = mismatch + errors or "file list differs"
+                print(f"jukinet/wire is stale ({stale}): run `python proto/generate.py`")
                 return 1
         print("jukinet/wire is fresh")
         return 0

@@ -7,12 +7,14 @@ class JukinetError(Exception):
     """Base of every error a caller may see. The message must tell a person what to do."""
 
     reason: ClassVar[str] = "JUKINET_ERROR"
+    code: ClassVar[str] = "INTERNAL"  # canonical status code name (google.rpc.Code)
 
 
 class InvalidField(JukinetError):
     """A request field is malformed; names the field and the problem."""
 
     reason = "INVALID_FIELD"
+    code = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -24,30 +26,35 @@ class PermissionDeniedError(JukinetError):
     """The caller's certificate does not allow this call; the message names the rule."""
 
     reason = "PERMISSION_DENIED"
+    code = "PERMISSION_DENIED"
 
 
 class UnauthenticatedError(JukinetError):
     """The caller presented no usable jukinet identity."""
 
     reason = "UNAUTHENTICATED"
+    code = "UNAUTHENTICATED"
 
 
 class NotRegistered(JukinetError):
     """The resident is not (or no longer) registered at this municipality."""
 
     reason = "NOT_REGISTERED"
+    code = "FAILED_PRECONDITION"
 
 
 class AlreadyRegistered(JukinetError):
     """A create event for a resident this municipality already holds."""
 
     reason = "ALREADY_REGISTERED"
+    code = "FAILED_PRECONDITION"
 
 
 class SequenceGap(JukinetError):
     """A relay batch does not continue the receiver's cursor for its origin."""
 
     reason = "SEQUENCE_GAP"
+    code = "FAILED_PRECONDITION"
 
     def __init__(self, origin: str, expected: int, got: int) -> None:
         super().__init__(
@@ -62,9 +69,11 @@ class CodePoolExhausted(JukinetError):
     """No free 住民票コード left in this municipality's pool; a refill has been requested."""
 
     reason = "CODE_POOL_EXHAUSTED"
+    code = "UNAVAILABLE"
 
 
 class UpstreamUnavailable(JukinetError):
     """The next tier cannot be reached; retry later (the only error clients retry by themselves)."""
 
     reason = "UPSTREAM_UNAVAILABLE"
+    code = "UNAVAILABLE"

@@ -18,6 +18,10 @@ class Role(StrEnum):
     OPERATOR = "operator"
 
 
+def _is_prefecture_code(value: str) -> bool:
+    return len(value) == 2 and value.isascii() and value.isdigit() and 1 <= int(value) <= 47
+
+
 def _is_simple_id(value: str) -> bool:
     return 0 < len(value) <= 64 and value.isascii() and all(c.isalnum() or c in "-_." for c in value)
 
@@ -43,9 +47,8 @@ class NodeId:
         args = parts[1:]
         if role is Role.CENTER and not args:
             return cls(role)
-        if role is Role.PREFECTURE and len(args) == 1 and len(args[0]) == 2 and args[0].isdigit():
-            if 1 <= int(args[0]) <= 47:
-                return cls(role, args[0])
+        if role is Role.PREFECTURE and len(args) == 1 and _is_prefecture_code(args[0]):
+            return cls(role, args[0])
         if role in (Role.MUNICIPALITY, Role.REGISTER) and len(args) == 1 and valid_local_gov_code(args[0]):
             return cls(role, args[0])
         if role is Role.AGENCY and len(args) == 1 and _is_simple_id(args[0]):

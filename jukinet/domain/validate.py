@@ -53,7 +53,8 @@ def text(field: str, value: str, *, max_chars: int, required: bool = True) -> st
     for position, char in enumerate(normalized):
         if unicodedata.category(char) in _REFUSED_CATEGORIES:
             raise InvalidField(
-                field, f"character U+{ord(char):04X} at position {position} is not allowed (control or unassigned)"
+                field,
+                f"character U+{ord(char):04X} at position {position} is not allowed (control or unassigned)",
             )
     return normalized
 
@@ -160,7 +161,9 @@ def register_change(
         code = resident_code("resident_code", resident_code_value)
     elif why not in ASSIGNING_REASONS:
         raise InvalidField("resident_code", f"is required for {why.name}")
-    needs_items = why in CREATE_REASONS or (effect_of(why) is Effect.CORRECT and why is not ChangeReason.CODE_CHANGE)
+    needs_items = why in CREATE_REASONS or (
+        effect_of(why) is Effect.CORRECT and why is not ChangeReason.CODE_CHANGE
+    )
     if needs_items and items is None:
         raise InvalidField("items", f"name, birth_date, sex and address are required for {why.name}")
     if items is not None and when < items.birth_date:
@@ -198,7 +201,9 @@ def change_event(
         resident_code=resident_code(f"{where}resident_code", resident_code_value),
         previous_code=previous,
         reason=why,
-        effective_date=iso_date(f"{where}effective_date", effective_date, today=(today or today_jst()) + dt.timedelta(days=1)),
+        effective_date=iso_date(
+            f"{where}effective_date", effective_date, today=(today or today_jst()) + dt.timedelta(days=1)
+        ),
         recorded_at=recorded_at,
         items=items,
     )

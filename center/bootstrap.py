@@ -1,0 +1,39 @@
+"""Composition root of the national center."""
+
+import grpc
+
+from center.codepool import CodePoolServicer
+from jukinet.rpc import authz
+from jukinet.rpc.admin_servicer import AdminServicer
+from jukinet.rpc.guard import Guard
+from jukinet.rpc.relay_servicer import RelayServicer
+from jukinet.rpc.runtime import NodeContext, NodeParts
+from jukinet.wire.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    codepool_pb2,
+    codepool_pb2_grpc,
+    relay_pb2,
+    relay_pb2_grpc,
+)
+
+
+def build(ctx: NodeContext) -> NodeParts:
+    guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY)
+    relay = RelayServicer(ctx.store, guard, ctx.metrics)
+    codepool = CodePoolServicer(ctx.store, guard)
+    admin = AdminServicer(ctx.config.identity, ctx.store, guard)
+
+    def add(server: grpc.aio.Server) -> None:
+        relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
+        codepool_pb2_grpc.add_CodePoolServiceServicer_to_server(codepool, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+
+    return NodeParts(
+        add_servicers=[add],
+        service_names=[
+            relay_pb2.DESCRIPTOR.services_by_name["RelayService"].full_name,
+            codepool_pb2.DESCRIPTOR.services_by_name["CodePoolService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        ],
+    )

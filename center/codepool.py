@@ -1,0 +1,109 @@
+"""Code pools at the center: random 住民票コード never issued before, idempotent per request."""
+
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any
+
+import grpc
+from sqlalchemy import Connection, insert, select
+
+from jukinet.codes import resident_code_from_body
+from jukinet.domain.errors import InvalidField
+from jukinet.domain.validate import local_gov_code, request_id
+from jukinet.rpc import authz
+from jukinet.rpc.guard import Guard
+from jukinet.services.ports import AccessEntry
+from jukinet.services.relay import CallInfo
+from jukinet.storage import SqlTx, Store
+from jukinet.storage.rows import to_us
+from jukinet.storage.schema import code_block, issued_code
+from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
+
+MAX_BLOCK = 100_000
+
+
+def random_code() -> str:
+    return resident_code_from_body(f"{secrets.randbelow(10**10):010d}")
+
+
+def _already_issued(conn: Connection, candidates: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    iterator = iter(candidates)
+    while chunk := list(islice(iterator, 500)):
+        query = select(issued_code.c.resident_code).where(issued_code.c.resident_code.in_(chunk))
+        found.update(conn.execute(query).scalars())
+    return found
+
+
+def allocate(
+    conn: Connection, *, request: str, municipality: str, count: int, call: CallInfo, now: dt.datetime
+) -> tuple[str, list[str]]:
+    """Allocates `count` fresh codes to `municipality`, or returns the block of an earlier identical request
+    (same request_id)."""
+    earlier = conn.execute(select(code_block).where(code_block.c.request_id == request)).first()
+    if earlier is not None:
+        if earlier.municipality != municipality:
+            raise InvalidField("request_id", "was already used for another municipality; use a fresh id")
+        query = select(issued_code.c.resident_code).where(issued_code.c.block_id == earlier.block_id)
+        return earlier.block_id, sorted(conn.execute(query).scalars())
+    block_id = uuid.uuid4().hex
+    chosen: set[str] = set()
+    while len(chosen) < count:
+        need = count - len(chosen)
+        candidates = {random_code() for _ in range(need + need // 10 + 8)} - chosen
+        fresh = [c for c in candidates if c not in _already_issued(conn, list(candidates))]
+        chosen.update(fresh[:need])
+    codes = sorted(chosen)
+    conn.execute(
+        insert(code_block),
+        [
+            {
+                "block_id": block_id,
+                "request_id": request,
+                "municipality": municipality,
+                "count": count,
+                "at_us": to_us(now),
+            }
+        ],
+    )
+    conn.execute(insert(issued_code), [{"resident_code": c, "block_id": block_id} for c in codes])
+    SqlTx(conn).append_access(
+        [
+            AccessEntry(
+                at=now,
+                request_id=request,
+                peer=call.peer,
+                method=call.method,
+                outcome="OK",
+                purpose=f"code pool for {municipality}",
+            )
+        ]
+    )
+    return block_id, codes
+
+
+class CodePoolServicer(codepool_pb2_grpc.CodePoolServiceServicer):
+    def __init__(self, store: Store, guard: Guard) -> None:
+        self._store = store
+        self._guard = guard
+
+    async def AllocateCodes(
+        self, request: codepool_pb2.AllocateCodesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> codepool_pb2.AllocateCodesResponse:
+        async with self._guard.call(context, authz.ALLOCATE_CODES) as call:
+            rid = request_id("request_id", request.request_id)
+            municipality = local_gov_code("municipality_code", request.municipality_code)
+            authz.check_origin(call.caller, municipality)
+            if not 1 <= request.count <= MAX_BLOCK:
+                raise InvalidField("count", f"must be between 1 and {MAX_BLOCK}")
+            now = dt.datetime.now(dt.UTC)
+            block_id, codes = await self._store.write(
+                lambda conn: allocate(
+                    conn, request=rid, municipality=municipality, count=request.count, call=call.info, now=now
+                )
+            )
+            return codepool_pb2.AllocateCodesResponse(block_id=block_id, resident_codes=codes)
+        raise AssertionError("unreachable")

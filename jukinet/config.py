@@ -1,0 +1,109 @@
+"""Node configuration: a TOML file parsed once into a frozen dataclass and passed down.
+
+Example (municipality):
+
+    [node]
+    kind = "municipality"          # municipality | prefecture | center
+    code = "132080"                # municipality code, prefecture code ("13"), or "" for the center
+    listen = "127.0.0.1:50061"
+    database = "sqlite:///run/municipality-132080.db"
+    pki_dir = "run/pki"
+    metrics_listen = "127.0.0.1:9161"
+
+    [upstream]                     # prefecture for a municipality, center for a prefecture
+    address = "127.0.0.1:50041"
+
+    [codepool]                     # municipality only
+    refill_below = 2000
+    block_size = 5000
+"""
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jukinet.codes import valid_local_gov_code
+from jukinet.domain.identity import NodeId, Role
+
+KINDS = {"municipality": Role.MUNICIPALITY, "prefecture": Role.PREFECTURE, "center": Role.CENTER}
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    kind: str
+    code: str
+    listen: str
+    database: str
+    pki_dir: Path
+    metrics_listen: str = "127.0.0.1:0"
+    upstream: str = ""
+    refill_below: int = 2000
+    block_size: int = 5000
+    batch_size: int = 2000
+    window: int = 4
+    log_level: str = "info"
+
+    @property
+    def identity(self) -> NodeId:
+        return NodeId(KINDS[self.kind], self.code)
+
+
+def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
+    if key not in table:
+        if default is None:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+        return default
+    value = table[key]
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass --config with a node TOML file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    node = data.get("node")
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: missing [node] table")
+    where = f"{path}[node]"
+    kind = _get(node, "kind", str, where)
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} is not one of {sorted(KINDS)}")
+    code = _get(node, "code", str, where, "")
+    if kind == "municipality" and not valid_local_gov_code(code):
+        raise ConfigError(f"{where}.code: {code!r} is not a valid 6-digit municipality code")
+    if kind == "prefecture" and not (len(code) == 2 and code.isdigit() and 1 <= int(code) <= 47):
+        raise ConfigError(f"{where}.code: {code!r} is not a 2-digit prefecture code 01–47")
+    if kind == "center" and code:
+        raise ConfigError(f"{where}.code: the center has no code; remove it")
+    base = path.parent
+    pki_dir = Path(_get(node, "pki_dir", str, where))
+    upstream_table = data.get("upstream", {})
+    upstream = _get(upstream_table, "address", str, f"{path}[upstream]", "") if upstream_table else ""
+    if kind != "center" and not upstream:
+        raise ConfigError(f'{path}: a {kind} node needs [upstream] address = "host:port"')
+    pool = data.get("codepool", {})
+    relay = data.get("relay", {})
+    return NodeConfig(
+        kind=kind,
+        code=code,
+        listen=_get(node, "listen", str, where),
+        database=_get(node, "database", str, where),
+        pki_dir=pki_dir if pki_dir.is_absolute() else base / pki_dir,
+        metrics_listen=_get(node, "metrics_listen", str, where, "127.0.0.1:0"),
+        upstream=upstream,
+        refill_below=_get(pool, "refill_below", int, f"{path}[codepool]", 2000),
+        block_size=_get(pool, "block_size", int, f"{path}[codepool]", 5000),
+        batch_size=_get(relay, "batch_size", int, f"{path}[relay]", 2000),
+        window=_get(relay, "window", int, f"{path}[relay]", 4),
+        log_level=_get(node, "log_level", str, where, "info"),
+    )

@@ -1,0 +1,66 @@
+"""Every Prometheus metric of a node, on a registry passed in (tests read values from it).
+
+Labels are bounded: tier, method (the fixed set of RPC names), status code, origin (a node relays
+for at most its prefecture's municipalities). Never a request id or a resident code."""
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+@dataclass
+class NodeMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.changes_received = Counter(
+            "jukinet_changes_received_total",
+            "Change events received by this node (before dedup).",
+            registry=r,
+        )
+        self.changes_applied = Counter(
+            "jukinet_changes_applied_total", "Change events durably applied by this node.", registry=r
+        )
+        self.changes_duplicate = Counter(
+            "jukinet_changes_duplicate_total",
+            "Replayed change events acknowledged without effect.",
+            registry=r,
+        )
+        self.changes_refused = Counter(
+            "jukinet_changes_refused_total", "Changes refused at the edge, by reason.", ["reason"], registry=r
+        )
+        self.changes_forwarded = Counter(
+            "jukinet_changes_forwarded_total", "Change events acknowledged by the next tier.", registry=r
+        )
+        self.outbox_depth = Gauge(
+            "jukinet_outbox_depth",
+            "Events stored here and not yet acknowledged by the next tier.",
+            registry=r,
+        )
+        self.relay_lag = Gauge(
+            "jukinet_relay_lag_seconds",
+            "Age of the oldest event not yet acknowledged by the next tier (0 when drained).",
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "jukinet_upstream_connected", "1 while the relay stream to the next tier is open.", registry=r
+        )
+        self.rpcs = Counter(
+            "jukinet_rpc_total", "RPCs served, by method and status code.", ["method", "code"], registry=r
+        )
+        self.rpc_duration = Histogram(
+            "jukinet_rpc_duration_seconds",
+            "Duration of served unary RPCs and stream messages.",
+            ["method"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.free_codes = Gauge("jukinet_free_codes", "Free 住民票コード in this node's pool.", registry=r)
+
+
+def start_metrics_server(metrics: NodeMetrics, listen: str) -> int:
+    """Serves /metrics on host:port (127.0.0.1 by default); returns the bound port."""
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
+    return int(server.server_port)

@@ -1,0 +1,26 @@
+"""The network PKI: a private ECDSA P-256 CA, node certificates with jukinet:// URI SANs, mTLS credentials."""
+
+from jukinet.pki.ca import CertPaths, create_ca, ensure, issue, paths_for, slug
+from jukinet.pki.credentials import (
+    SECURE_CHANNEL_OPTIONS,
+    SECURE_SERVER_OPTIONS,
+    CertificateReloader,
+    channel_credentials,
+    server_credentials,
+)
+from jukinet.pki.peer import peer_node_id
+
+__all__ = [
+    "SECURE_CHANNEL_OPTIONS",
+    "SECURE_SERVER_OPTIONS",
+    "CertPaths",
+    "CertificateReloader",
+    "channel_credentials",
+    "create_ca",
+    "ensure",
+    "issue",
+    "paths_for",
+    "peer_node_id",
+    "server_credentials",
+    "slug",
+]

@@ -1,0 +1,62 @@
+"""Who may call what: (method -> roles) tables per node kind, and ownership rules."""
+
+from jukinet.domain.errors import PermissionDeniedError
+from jukinet.domain.identity import NodeId, Role
+
+_PKG = "/jukinet.wire.v1."
+PUSH_EVENTS = _PKG + "RelayService/PushEvents"
+GET_CURSORS = _PKG + "RelayService/GetCursors"
+RECORD_CHANGE = _PKG + "RegisterService/RecordChange"
+RECORD_CHANGES = _PKG + "RegisterService/RecordChanges"
+ALLOCATE_CODES = _PKG + "CodePoolService/AllocateCodes"
+GET_STATUS = _PKG + "AdminService/GetStatus"
+GET_DIGEST = _PKG + "AdminService/GetDigest"
+LIST_ACCESS_LOG = _PKG + "AdminService/ListAccessLog"
+
+_OPERATOR = frozenset({Role.OPERATOR})
+_ADMIN = {GET_STATUS: _OPERATOR, GET_DIGEST: _OPERATOR, LIST_ACCESS_LOG: _OPERATOR}
+
+MUNICIPALITY_POLICY = {
+    RECORD_CHANGE: frozenset({Role.REGISTER}),
+    RECORD_CHANGES: frozenset({Role.REGISTER}),
+    **_ADMIN,
+}
+PREFECTURE_POLICY = {
+    PUSH_EVENTS: frozenset({Role.MUNICIPALITY}),
+    GET_CURSORS: frozenset({Role.MUNICIPALITY}),
+    ALLOCATE_CODES: frozenset({Role.MUNICIPALITY}),
+    **_ADMIN,
+}
+CENTER_POLICY = {
+    PUSH_EVENTS: frozenset({Role.PREFECTURE}),
+    GET_CURSORS: frozenset({Role.PREFECTURE}),
+    ALLOCATE_CODES: frozenset({Role.PREFECTURE}),
+    **_ADMIN,
+}
+
+
+def check_origin(caller: NodeId, origin: str) -> None:
+    """A municipality pushes only its own origin; a prefecture forwards only for municipalities whose
+    code starts with its prefecture code. Raises PermissionDeniedError naming the rule."""
+    if caller.role in (Role.MUNICIPALITY, Role.REGISTER):
+        if origin != caller.code:
+            raise PermissionDeniedError(
+                f"{caller.uri} may only send changes of its own municipality {caller.code}, not {origin}"
+            )
+        return
+    if caller.role is Role.PREFECTURE:
+        if not origin.startswith(caller.code):
+            raise PermissionDeniedError(
+                f"{caller.uri} may only forward for municipalities of prefecture {caller.code}, not {origin}"
+            )
+        return
+    raise PermissionDeniedError(f"{caller.uri} may not send changes for any municipality")
+
+
+def check_operator_of(caller: NodeId, node: NodeId) -> None:
+    """Operators act on the node their certificate names (jukinet://operator/<node-slug>/<id>)."""
+    expected = node.uri.removeprefix("jukinet://").replace("/", "-")
+    if caller.role is not Role.OPERATOR or caller.node != expected:
+        raise PermissionDeniedError(
+            f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)"
+        )

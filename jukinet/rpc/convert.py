@@ -1,0 +1,126 @@
+"""Proto <-> domain converters. Validation happens here, at the edge, through jukinet.domain.validate."""
+
+import datetime as dt
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jukinet.domain import validate
+from jukinet.domain.errors import InvalidField, JukinetError
+from jukinet.domain.model import ChangeEvent, IdentityItems, RegisterChange
+from jukinet.services.intake import Accepted, Outcome, Refused
+from jukinet.wire.v1 import register_pb2, types_pb2
+
+
+def items_from_pb(pb: types_pb2.IdentityItems, prefix: str, *, today: dt.date | None = None) -> IdentityItems:
+    return validate.identity_items(
+        prefix,
+        name=pb.name,
+        alias=pb.alias,
+        birth_date=pb.birth_date,
+        sex_value=int(pb.sex),
+        address=pb.address,
+        today=today,
+    )
+
+
+def items_to_pb(items: IdentityItems) -> types_pb2.IdentityItems:
+    return types_pb2.IdentityItems(
+        name=items.name,
+        alias=items.alias,
+        birth_date=items.birth_date.isoformat(),
+        sex=int(items.sex),  # type: ignore[arg-type]
+        address=items.address,
+    )
+
+
+def register_change_from_pb(
+    pb: register_pb2.RegisterChange, *, today: dt.date | None = None
+) -> RegisterChange:
+    """Raises InvalidField naming the first bad field."""
+    items = items_from_pb(pb.items, "items.", today=today) if pb.HasField("items") else None
+    return validate.register_change(
+        request_id_value=pb.request_id,
+        reason_value=int(pb.reason),
+        effective_date=pb.effective_date,
+        resident_code_value=pb.resident_code,
+        items=items,
+        today=today,
+    )
+
+
+def register_change_or_refusal(pb: register_pb2.RegisterChange) -> RegisterChange | Refused:
+    try:
+        return register_change_from_pb(pb)
+    except InvalidField as error:
+        return Refused(pb.request_id[:64], error)
+
+
+def timestamp(instant: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(instant)
+    return ts
+
+
+def event_to_pb(event: ChangeEvent) -> types_pb2.ChangeEvent:
+    return types_pb2.ChangeEvent(
+        seq=event.seq,
+        resident_code=event.resident_code,
+        previous_code=event.previous_code,
+        reason=int(event.reason),  # type: ignore[arg-type]
+        effective_date=event.effective_date.isoformat(),
+        recorded_time=timestamp(event.recorded_at),
+        items=items_to_pb(event.items),
+    )
+
+
+def event_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, today: dt.date | None = None) -> ChangeEvent:
+    """A relayed event, validated again at the receiving edge."""
+    if not pb.HasField("items"):
+        raise InvalidField(f"event {origin}#{pb.seq}: items", "are required")
+    if not pb.HasField("recorded_time"):
+        raise InvalidField(f"event {origin}#{pb.seq}: recorded_time", "is required")
+    items = items_from_pb(pb.items, f"event {origin}#{pb.seq}: items.", today=today)
+    return validate.change_event(
+        origin=origin,
+        seq=pb.seq,
+        resident_code_value=pb.resident_code,
+        previous_code=pb.previous_code,
+        reason_value=int(pb.reason),
+        effective_date=pb.effective_date,
+        recorded_at=pb.recorded_time.ToDatetime(tzinfo=dt.UTC),
+        items=items,
+        today=today,
+    )
+
+
+_CODE_NUMBERS = {
+    "OK": 0,
+    "INVALID_ARGUMENT": 3,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "UNAUTHENTICATED": 16,
+}
+
+
+def error_number(error: JukinetError) -> int:
+    return _CODE_NUMBERS[error.code]
+
+
+def outcome_to_pb(outcome: Outcome) -> register_pb2.ChangeResult:
+    if isinstance(outcome, Accepted):
+        return register_pb2.ChangeResult(
+            request_id=outcome.request_id, status_code=0, resident_code=outcome.resident_code, seq=outcome.seq
+        )
+    error = outcome.error
+    return register_pb2.ChangeResult(
+        request_id=outcome.request_id,
+        status_code=error_number(error),
+        message=str(error),
+        error_reason=error.reason,
+        field=error.field if isinstance(error, InvalidField) else "",
+    )

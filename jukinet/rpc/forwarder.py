@@ -1,0 +1,208 @@
+"""The sending side of the relay: streams stored events to the next tier and resumes from its cursor.
+
+At-least-once transport: a batch is resent after any failure until the receiver's cursor covers it;
+the receiver's idempotent apply on (origin, seq) makes the effect exactly-once."""
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from functools import partial
+
+import grpc
+import structlog
+from sqlalchemy import Connection
+
+from jukinet.domain.model import ChangeEvent
+from jukinet.observability.metrics import NodeMetrics
+from jukinet.pki import SECURE_CHANNEL_OPTIONS
+from jukinet.rpc import authz
+from jukinet.rpc.convert import event_to_pb
+from jukinet.rpc.guard import REQUEST_ID_KEY
+from jukinet.services.ports import AccessEntry
+from jukinet.storage import SqlTx, Store, queries
+from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
+
+log = structlog.get_logger(__name__)
+RPC_TIMEOUT_S = 10.0
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        upstream: str,
+        upstream_identity: str,
+        credentials: grpc.ChannelCredentials,
+        metrics: NodeMetrics,
+        origins: Mapping[str, int] | None = None,
+        batch_size: int = 2000,
+        window: int = 4,
+    ) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._upstream_identity = upstream_identity
+        self._credentials = credentials
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._window = max(1, window)
+        self._heads: dict[str, int] = dict(origins or {})
+        self._acked: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._heads_loaded = origins is not None
+        self.connected = False
+
+    def notify(self, origin: str, head_seq: int) -> None:
+        """Called after a local commit: there is something new to send."""
+        if head_seq > self._heads.get(origin, 0):
+            self._heads[origin] = head_seq
+        self._update_depth()
+        self._wake.set()
+
+    def forwarded(self) -> dict[str, int]:
+        return dict(self._acked)
+
+    def pending(self) -> int:
+        return sum(max(0, h - self._acked.get(o, 0)) for o, h in self._heads.items())
+
+    def _update_depth(self) -> None:
+        if self._acked or not self._heads:
+            self._metrics.outbox_depth.set(self.pending())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self._heads_loaded:
+            for origin, head in (await self._store.read(queries.head_seqs)).items():
+                self.notify(origin, head)
+            self._heads_loaded = True
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                async with grpc.aio.secure_channel(
+                    self._upstream, self._credentials, options=SECURE_CHANNEL_OPTIONS
+                ) as channel:
+                    await self._session(relay_pb2_grpc.RelayServiceStub(channel), stop)
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self._set_connected(False)
+                code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+                detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+                log.warning(
+                    "relay_session_failed",
+                    upstream=self._upstream,
+                    code=code,
+                    detail=detail,
+                    retry_in=backoff,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._set_connected(False)
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        self._metrics.upstream_up.set(1 if value else 0)
+
+    async def _session(self, stub: relay_pb2_grpc.RelayServiceAsyncStub, stop: asyncio.Event) -> None:
+        origins = sorted(self._heads)
+        if origins:
+            reply = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=origins), timeout=RPC_TIMEOUT_S)
+            for cursor in reply.cursors:
+                self._acked[cursor.origin] = cursor.acked_seq
+        self._set_connected(True)
+        self._update_depth()
+        log.info("relay_session_open", upstream=self._upstream, cursors=dict(self._acked))
+        session_id = uuid.uuid4().hex
+        call = stub.PushEvents(metadata=((REQUEST_ID_KEY, session_id),))  # type: ignore[call-arg]  # grpc-stubs: iterator is optional
+        sent = dict(self._acked)
+        inflight: deque[tuple[str, int, int, float, list[str]]] = deque()
+        slots = asyncio.Semaphore(self._window)
+
+        async def read_acks() -> None:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc-stubs
+                    raise ConnectionError("upstream closed the relay stream")
+                assert isinstance(response, relay_pb2.PushEventsResponse)  # noqa: S101
+                origin, first, last, oldest, codes = inflight.popleft()
+                if response.origin != origin or response.acked_seq < last:
+                    raise ConnectionError(
+                        f"upstream acked {response.origin}#{response.acked_seq}, expected {origin}#{last}"
+                    )
+                slots.release()
+                self._acked[origin] = response.acked_seq
+                self._metrics.changes_forwarded.inc(last - first + 1)
+                self._update_depth()
+                self._metrics.relay_lag.set(max(0.0, time.time() - oldest) if inflight else 0.0)
+                entry = AccessEntry(
+                    at=dt.datetime.now(dt.UTC),
+                    request_id=f"{session_id}:{origin}:{first}-{last}",
+                    peer=self._upstream_identity,
+                    method=authz.PUSH_EVENTS,
+                    outcome="OK",
+                    direction="made",
+                    subjects=codes,
+                )
+                await self._store.write(partial(_append_access, entry))
+
+        reader = asyncio.create_task(read_acks())
+        try:
+            rotation = 0
+            while not stop.is_set():
+                if reader.done():
+                    reader.result()
+                pending = [o for o in sorted(self._heads) if self._heads[o] > sent.get(o, 0)]
+                if not pending:
+                    self._wake.clear()
+                    waiter = asyncio.create_task(self._wake.wait())
+                    stopper = asyncio.create_task(stop.wait())
+                    await asyncio.wait(
+                        {waiter, stopper, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    waiter.cancel()
+                    stopper.cancel()
+                    continue
+                origin = pending[rotation % len(pending)]
+                rotation += 1
+                acquire = asyncio.ensure_future(slots.acquire())
+                await asyncio.wait({acquire, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not acquire.done():
+                    acquire.cancel()
+                    reader.result()
+                    raise ConnectionError("relay stream ack reader stopped")
+                after = sent.get(origin, 0)
+                events = await self._store.read(partial(_events_after, origin, after, self._batch_size))
+                if not events:
+                    slots.release()
+                    continue
+                request = relay_pb2.PushEventsRequest(origin=origin, events=[event_to_pb(e) for e in events])
+                inflight.append(
+                    (
+                        origin,
+                        events[0].seq,
+                        events[-1].seq,
+                        events[0].recorded_at.timestamp(),
+                        [e.resident_code for e in events],
+                    )
+                )
+                await call.write(request)
+                sent[origin] = events[-1].seq
+            await call.done_writing()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            call.cancel()
+
+
+def _append_access(entry: AccessEntry, conn: Connection) -> None:
+    SqlTx(conn).append_access([entry])
+
+
+def _events_after(origin: str, after: int, limit: int, conn: Connection) -> list[ChangeEvent]:
+    return SqlTx(conn).events_after(origin, after, limit)

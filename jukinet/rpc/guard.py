@@ -1,0 +1,128 @@
+"""Every served call passes one guard: identity from the client certificate, the role table, error
+mapping to status codes, metrics and the access-log entry of a refused or failed call."""
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from jukinet.domain.errors import JukinetError, PermissionDeniedError, UnauthenticatedError
+from jukinet.domain.identity import NodeId, Role
+from jukinet.observability.metrics import NodeMetrics
+from jukinet.pki import peer_node_id
+from jukinet.services.ports import AccessEntry
+from jukinet.services.relay import CallInfo
+from jukinet.storage import SqlTx, Store
+
+log = structlog.get_logger(__name__)
+REQUEST_ID_KEY = "x-request-id"
+
+
+class AlreadyLogged(Exception):
+    """Raised by a servicer for an error whose access-log entry the use case already wrote."""
+
+    def __init__(self, error: JukinetError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The guarded call: who (parsed identity) and the CallInfo handed to use cases."""
+
+    caller: NodeId
+    info: CallInfo
+
+
+class Guard:
+    def __init__(self, store: Store, metrics: NodeMetrics, policy: Mapping[str, frozenset[Role]]) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._policy = policy
+
+    @asynccontextmanager
+    async def call(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> AsyncIterator[Call]:
+        started = time.perf_counter()
+        short = method.rsplit("/", 1)[-1]
+        peer = ""
+        request_id = _request_id(context)
+        code = grpc.StatusCode.OK
+        try:
+            caller = peer_node_id(context)
+            peer = caller.uri
+            allowed = self._policy.get(method, frozenset())
+            if caller.role not in allowed:
+                roles = ", ".join(sorted(r.value for r in allowed)) or "nobody"
+                raise PermissionDeniedError(
+                    f"role {caller.role.value} may not call {short} on this node (allowed: {roles})"
+                )
+            yield Call(caller, CallInfo(peer=peer, request_id=request_id, method=method))
+        except AlreadyLogged as logged:
+            code = grpc.StatusCode[logged.error.code]
+            await context.abort(code, str(logged.error))
+        except JukinetError as error:
+            code = grpc.StatusCode[error.code]
+            await self._refuse(context, method, peer, request_id, code, str(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            error_id = uuid.uuid4().hex[:12]
+            log.error("rpc_internal_error", method=short, error_id=error_id, error=repr(error))
+            code = grpc.StatusCode.INTERNAL
+            await self._refuse(
+                context,
+                method,
+                peer,
+                request_id,
+                code,
+                f"internal error {error_id}; the operator can look it up",
+            )
+        finally:
+            self._metrics.rpcs.labels(short, code.name).inc()
+            self._metrics.rpc_duration.labels(short).observe(time.perf_counter() - started)
+
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        peer: str,
+        request_id: str,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> None:
+        entry = AccessEntry(
+            at=dt.datetime.now(dt.UTC),
+            request_id=request_id,
+            peer=peer or _transport_peer(context),
+            method=method,
+            outcome=code.name,
+        )
+        try:
+            await self._store.write(lambda conn: SqlTx(conn).append_access([entry]))
+        except Exception as error:  # never hide the caller's answer behind a logging failure
+            log.error("access_log_write_failed", error=repr(error))
+        log.info("rpc_refused", method=method, peer=entry.peer, code=code.name, detail=message)
+        await context.abort(code, message)
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return uuid.uuid4().hex
+
+
+def _transport_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    try:
+        return f"unidentified({context.peer()})"
+    except Exception:
+        return "unidentified"
+
+
+__all__ = ["REQUEST_ID_KEY", "AlreadyLogged", "Call", "Guard", "UnauthenticatedError"]

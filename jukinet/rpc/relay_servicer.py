@@ -1,0 +1,85 @@
+"""RelayService, served by prefectures (to municipalities) and the center (to prefectures)."""
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+import grpc
+from sqlalchemy import Connection
+
+from jukinet.domain.errors import InvalidField
+from jukinet.domain.model import ChangeEvent
+from jukinet.domain.validate import local_gov_code
+from jukinet.observability.metrics import NodeMetrics
+from jukinet.rpc import authz
+from jukinet.rpc.convert import event_from_pb
+from jukinet.rpc.guard import Guard
+from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
+from jukinet.storage import SqlTx, Store
+from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
+
+MAX_BATCH = 5000
+
+
+class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        guard: Guard,
+        metrics: NodeMetrics,
+        on_applied: Callable[[str, int], None] = lambda origin, seq: None,
+    ) -> None:
+        self._store = store
+        self._guard = guard
+        self._metrics = metrics
+        self._on_applied = on_applied
+        # Batches of one origin must be applied one at a time (two streams could race otherwise).
+        self._origin_locks: dict[str, asyncio.Lock] = {}
+
+    async def PushEvents(
+        self,
+        request_iterator: AsyncIterator[relay_pb2.PushEventsRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[relay_pb2.PushEventsResponse]:
+        async with self._guard.call(context, authz.PUSH_EVENTS) as call:
+            async for request in request_iterator:
+                origin = local_gov_code("origin", request.origin)
+                authz.check_origin(call.caller, origin)
+                if len(request.events) > MAX_BATCH:
+                    raise InvalidField(
+                        "events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}"
+                    )
+                events = [event_from_pb(origin, pb) for pb in request.events]
+                self._metrics.changes_received.inc(len(events))
+                now = dt.datetime.now(dt.UTC)
+                lock = self._origin_locks.setdefault(origin, asyncio.Lock())
+                async with lock:
+                    outcome = await self._store.write(partial(_apply, origin, events, call.info, now))
+                self._metrics.changes_applied.inc(outcome.applied)
+                self._metrics.changes_duplicate.inc(outcome.duplicates)
+                if outcome.applied:
+                    self._on_applied(origin, outcome.acked_seq)
+                yield relay_pb2.PushEventsResponse(origin=origin, acked_seq=outcome.acked_seq)
+
+    async def GetCursors(
+        self, request: relay_pb2.GetCursorsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> relay_pb2.GetCursorsResponse:
+        async with self._guard.call(context, authz.GET_CURSORS) as call:
+            if len(request.origins) > 1000:
+                raise InvalidField("origins", "at most 1000 origins per request")
+            origins = [local_gov_code("origins", o) for o in request.origins]
+            for origin in origins:
+                authz.check_origin(call.caller, origin)
+            heads = await self._store.read(lambda conn: {o: SqlTx(conn).head_seq(o) for o in origins})
+            return relay_pb2.GetCursorsResponse(
+                cursors=[relay_pb2.OriginCursor(origin=o, acked_seq=heads[o]) for o in origins]
+            )
+        raise AssertionError("unreachable: the guard aborts on every error")
+
+
+def _apply(
+    origin: str, events: list[ChangeEvent], call: CallInfo, now: dt.datetime, conn: Connection
+) -> BatchOutcome:
+    return apply_batch(SqlTx(conn), origin, events, call, now)

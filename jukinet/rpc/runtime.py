@@ -1,0 +1,121 @@
+"""Runs one node process: gRPC server (mTLS, health, reflection), metrics port, background tasks,
+clean shutdown on SIGTERM/SIGINT."""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jukinet.config import NodeConfig
+from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
+from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, paths_for, server_credentials
+from jukinet.storage import Store
+
+log = structlog.get_logger(__name__)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class NodeContext:
+    config: NodeConfig
+    store: Store
+    metrics: NodeMetrics
+    paths: CertPaths
+
+
+@dataclass
+class NodeParts:
+    """What a node kind adds to the common runtime."""
+
+    add_servicers: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
+    service_names: list[str] = field(default_factory=list)
+    tasks: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+    close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def run_node(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> None:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    configure_logging(node=config.identity.uri, level=config.log_level)
+    asyncio.run(_serve(config, build))
+
+
+async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> None:
+    store = Store(config.database)
+    metrics = NodeMetrics()
+    paths = paths_for(config.pki_dir, config.identity)
+    for required in (paths.cert, paths.key, paths.ca):
+        if not required.exists():
+            raise SystemExit(
+                f"missing {required}: create the PKI first (jukinet pki init --dir {config.pki_dir})"
+            )
+    ctx = NodeContext(config=config, store=store, metrics=metrics, paths=paths)
+    parts = build(ctx)
+    server = grpc.aio.server(
+        options=[
+            *SECURE_SERVER_OPTIONS,
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    for add in parts.add_servicers:
+        add(server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *parts.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_secure_port(config.listen, server_credentials(paths))
+    if port == 0:
+        raise SystemExit(f"could not listen on {config.listen}: is the port in use?")
+    await server.start()
+    metrics_port = start_metrics_server(metrics, config.metrics_listen)
+    host = config.listen.rpartition(":")[0]
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    ready = {
+        "event": "node_ready",
+        "node": config.identity.uri,
+        "listen": f"{host}:{port}",
+        "metrics": f"127.0.0.1:{metrics_port}",
+        "pid": os.getpid(),
+    }
+    print(json.dumps(ready), flush=True)
+    log.info("node_started", listen=f"{host}:{port}", metrics=f"127.0.0.1:{metrics_port}")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = [asyncio.ensure_future(task(stop)) for task in parts.tasks]
+    try:
+        waiters = [asyncio.create_task(stop.wait()), *tasks]
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for finished in done:
+            if finished is not waiters[0] and finished.exception() is not None:
+                log.error("node_task_failed", error=repr(finished.exception()))
+    finally:
+        stop.set()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace=2.0)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for close in parts.close:
+            await close()
+        store.close()
+        log.info("node_stopped")
+        sys.stderr.flush()

@@ -1,0 +1,1 @@
+"""Use cases shared by node kinds, written against the ports in jukinet.services.ports."""

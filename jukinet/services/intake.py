@@ -1,0 +1,176 @@
+"""Municipality intake: turn changes from the register system into numbered events, one transaction."""
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jukinet.domain.errors import AlreadyRegistered, CodePoolExhausted, JukinetError, NotRegistered
+from jukinet.domain.model import (
+    ASSIGNING_REASONS,
+    ChangeEvent,
+    ChangeReason,
+    Effect,
+    IdentityItems,
+    RegisterChange,
+    Registration,
+    effect_of,
+)
+from jukinet.domain.registry_state import registrations_from
+from jukinet.services.ports import AccessEntry, IntakeTx
+from jukinet.services.relay import CallInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    request_id: str
+    resident_code: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    request_id: str
+    error: JukinetError
+
+
+Outcome = Accepted | Refused
+
+
+def _needs_new_code(change: RegisterChange) -> bool:
+    if change.reason is ChangeReason.CODE_CHANGE:
+        return True
+    return change.reason in ASSIGNING_REASONS and change.resident_code is None
+
+
+def record_changes(
+    tx: IntakeTx,
+    origin: str,
+    changes: Sequence[RegisterChange | Refused],
+    call: CallInfo,
+    now: dt.datetime,
+) -> list[Outcome]:
+    """Records each valid change as the next event of `origin`; refuses the others one by one.
+
+    `changes` may already contain Refused items (bad at the edge): they are logged and answered in
+    place, and never disturb their neighbours. A request_id seen before returns its first answer."""
+    valid = [c for c in changes if isinstance(c, RegisterChange)]
+    seen = tx.events_by_request_id(c.request_id for c in valid)
+    codes = {c.resident_code for c in valid if c.resident_code}
+    current: dict[str, Registration] = tx.registrations_at(codes, origin)
+    free = tx.peek_free_codes(sum(1 for c in valid if _needs_new_code(c)))
+    used_codes: list[str] = []
+    seq = tx.head_seq(origin)
+    events: list[ChangeEvent] = []
+    request_ids: list[str] = []
+    outcomes: list[Outcome] = []
+    in_batch: dict[str, Accepted] = {}
+    access: list[AccessEntry] = []
+
+    for change in changes:
+        if isinstance(change, Refused):
+            outcomes.append(change)
+            access.append(_access(call, now, change.request_id, [], change.error.code))
+            continue
+        earlier = seen.get(change.request_id)
+        if earlier is not None:
+            outcomes.append(Accepted(change.request_id, earlier.resident_code, earlier.seq))
+            continue
+        if change.request_id in in_batch:
+            outcomes.append(in_batch[change.request_id])
+            continue
+        try:
+            event = _event_for(change, origin, seq + 1, current, free, used_codes, now)
+        except JukinetError as error:
+            outcomes.append(Refused(change.request_id, error))
+            access.append(_access(call, now, change.request_id, _subjects(change), error.code))
+            continue
+        seq += 1
+        events.append(event)
+        request_ids.append(change.request_id)
+        for reg in registrations_from(event):
+            current[reg.resident_code] = reg
+        accepted = Accepted(change.request_id, event.resident_code, event.seq)
+        in_batch[change.request_id] = accepted
+        outcomes.append(accepted)
+        access.append(_access(call, now, change.request_id, _subjects(change, event), "OK"))
+
+    if events:
+        tx.insert_events(events, request_ids)
+        tx.upsert_registrations(_latest(events))
+    if used_codes:
+        tx.remove_free_codes(used_codes)
+    tx.append_access(access)
+    return outcomes
+
+
+def _latest(events: Sequence[ChangeEvent]) -> list[Registration]:
+    latest: dict[str, Registration] = {}
+    for event in events:
+        for reg in registrations_from(event):
+            latest[reg.resident_code] = reg
+    return list(latest.values())
+
+
+def _event_for(
+    change: RegisterChange,
+    origin: str,
+    seq: int,
+    current: dict[str, Registration],
+    free: list[str],
+    used_codes: list[str],
+    now: dt.datetime,
+) -> ChangeEvent:
+    effect = effect_of(change.reason)
+    existing = current.get(change.resident_code) if change.resident_code else None
+    held = existing is not None and existing.active
+    if effect is Effect.CREATE and held:
+        raise AlreadyRegistered(
+            f"resident {change.resident_code} is already registered here; send a correction instead"
+        )
+    if effect is not Effect.CREATE and not held:
+        raise NotRegistered(
+            f"resident {change.resident_code} is not registered at {origin}; check the code "
+            "(a moved-out, deceased or retired code cannot be changed)"
+        )
+    items: IdentityItems | None = change.items
+    if items is None:
+        assert existing is not None  # noqa: S101 - guaranteed: only deletions and code changes omit items
+        items = existing.items
+    code = change.resident_code or ""
+    previous = ""
+    if _needs_new_code(change):
+        if len(used_codes) >= len(free):
+            raise CodePoolExhausted(
+                "no free 住民票コード left in this municipality's pool; a refill was requested, retry shortly"
+            )
+        previous = code if change.reason is ChangeReason.CODE_CHANGE else ""
+        code = free[len(used_codes)]
+        used_codes.append(code)
+    return ChangeEvent(
+        origin=origin,
+        seq=seq,
+        resident_code=code,
+        previous_code=previous,
+        reason=change.reason,
+        effective_date=change.effective_date,
+        recorded_at=now,
+        items=items,
+    )
+
+
+def _subjects(change: RegisterChange, event: ChangeEvent | None = None) -> list[str]:
+    codes = [c for c in (change.resident_code, event.resident_code if event else None) if c]
+    return list(dict.fromkeys(codes))
+
+
+def _access(
+    call: CallInfo, now: dt.datetime, request_id: str, subjects: Sequence[str], outcome: str
+) -> AccessEntry:
+    return AccessEntry(
+        at=now,
+        request_id=request_id or call.request_id,
+        peer=call.peer,
+        method=call.method,
+        outcome=outcome,
+        subjects=tuple(subjects),
+    )

@@ -1,0 +1,48 @@
+"""Engines for SQLite (WAL, the embedded default) and PostgreSQL, with explicit transactions."""
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from jukinet.storage.schema import metadata
+
+
+def make_engine(url: str, *, create_schema: bool = True) -> Engine:
+    """An engine for a node database; creates the tables when missing.
+
+    SQLite runs in WAL mode with synchronous=FULL: an acknowledged change survives a process kill
+    and a power loss. pysqlite's implicit transactions are turned off so that BEGIN/SAVEPOINT are ours."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_size=4, max_overflow=4, connect_args={"check_same_thread": False})
+        _configure_sqlite(engine)
+    else:
+        engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+    if create_schema:
+        metadata.create_all(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA cache_size=-131072",
+            "PRAGMA wal_autocheckpoint=10000",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,111 @@
+"""Table definitions, shared by every node kind (each node uses the tables its role needs).
+
+Dates are stored as ISO text and instants as integer microseconds since the epoch (UTC): the same
+bytes on SQLite and PostgreSQL, no naive/aware datetime drift, and cheap on the hot path.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+# Every change event this node recorded (municipality) or received (prefecture, center): history,
+# the next hop's outbox, and the agency change feed's source. Unique on (origin, seq).
+event = Table(
+    "event",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("origin", String(6), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("resident_code", String(11), nullable=False),
+    Column("previous_code", String(11), nullable=False, default=""),
+    Column("reason", SmallInteger, nullable=False),
+    Column("effective_date", String(10), nullable=False),
+    Column("recorded_us", BigInteger, nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("alias", String(100), nullable=False),
+    Column("birth_date", String(10), nullable=False),
+    Column("sex", SmallInteger, nullable=False),
+    Column("address", String(200), nullable=False),
+    Column("request_id", String(64), nullable=True),  # municipality only: the register's idempotency key
+    UniqueConstraint("origin", "seq", name="uq_event_origin_seq"),
+    UniqueConstraint("request_id", name="uq_event_request_id"),
+)
+Index("ix_event_resident_code", event.c.resident_code)
+
+# What each municipality last said about each code (materialized from events; see registry_state).
+registration = Table(
+    "registration",
+    metadata,
+    Column("resident_code", String(11), primary_key=True),
+    Column("municipality", String(6), primary_key=True),
+    Column("active", Boolean, nullable=False),
+    Column("reason", SmallInteger, nullable=False),
+    Column("effective_date", String(10), nullable=False),
+    Column("recorded_us", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("replaced_by", String(11), nullable=False, default=""),
+    Column("name", String(100), nullable=False),
+    Column("alias", String(100), nullable=False),
+    Column("birth_date", String(10), nullable=False),
+    Column("sex", SmallInteger, nullable=False),
+    Column("address", String(200), nullable=False),
+)
+Index("ix_registration_municipality", registration.c.municipality)
+
+# Every call this node served or made, written in the same transaction as its effect.
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("at_us", BigInteger, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("peer", String(200), nullable=False),
+    Column("method", String(120), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("subjects", Text, nullable=False),  # space-separated resident codes
+    Column("outcome", String(32), nullable=False),
+)
+
+# Municipality: codes of its pool not yet assigned.
+free_code = Table(
+    "free_code",
+    metadata,
+    Column("resident_code", String(11), primary_key=True),
+    Column("block_id", String(40), nullable=False),
+)
+
+# Municipality: pools received; center: pools allocated. Idempotent on request_id.
+code_block = Table(
+    "code_block",
+    metadata,
+    Column("block_id", String(40), primary_key=True),
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("municipality", String(6), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+)
+
+# Center: every code ever issued, never issued twice.
+issued_code = Table(
+    "issued_code",
+    metadata,
+    Column("resident_code", String(11), primary_key=True),
+    Column("block_id", String(40), nullable=False),
+)
+Index("ix_issued_code_block", issued_code.c.block_id)

@@ -1,0 +1,143 @@
+"""A node's database: one writer thread with group commit, plus a small pool of readers.
+
+All writes of a node go through one thread, so SQLite writes are serialized in one place. Jobs queued
+while a transaction is running are committed together (group commit): each job runs in its own
+SAVEPOINT, so a failing job is rolled back alone and the others still commit. No job's caller is
+answered before the transaction holding its job has committed.
+"""
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import Connection, Engine
+
+from jukinet.storage.engine import make_engine
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: "asyncio.Future[Any]"
+
+
+_STOP = object()
+
+
+class Store:
+    """Owns the engine, the writer thread and the reader pool of one node."""
+
+    def __init__(self, url: str, *, max_group: int = 64) -> None:
+        self.url = url
+        self.engine: Engine = make_engine(url)
+        self._max_group = max_group
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-read")
+        self._writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
+        self._writer.start()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Runs fn in a transaction on the writer thread; returns after the commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, loop, future))
+        return await future
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Runs fn on a reader connection (its own snapshot transaction)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_sync, fn)
+
+    def read_sync(self, fn: Callable[[Connection], T]) -> T:
+        return self._read_sync(fn)
+
+    def _read_sync(self, fn: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            result = fn(conn)
+            conn.rollback()
+            return result
+
+    def close(self) -> None:
+        self._jobs.put(_STOP)
+        self._writer.join(timeout=30)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is _STOP:
+                return
+            group: list[_Job] = [first]
+            stop_after = False
+            while len(group) < self._max_group:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop_after = True
+                    break
+                group.append(more)
+            self._run_group(group)
+            if stop_after:
+                return
+
+    def _run_group(self, group: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                for job in group:
+                    if len(group) == 1:
+                        outcomes.append(self._run_job(conn, job, savepoint=False))
+                    else:
+                        outcomes.append(self._run_job(conn, job, savepoint=True))
+                if len(group) == 1 and not outcomes[0][0]:
+                    raise _RollbackOnly
+        except _RollbackOnly:
+            pass
+        except Exception as error:  # the commit itself failed: nobody's job is durable
+            log.error("db_commit_failed", error=repr(error), jobs=len(group))
+            outcomes = [(False, error) for _ in group]
+        for job, (ok, value) in zip(group, outcomes, strict=True):
+            if ok:
+                job.loop.call_soon_threadsafe(_resolve, job.future, value)
+            else:
+                job.loop.call_soon_threadsafe(_reject, job.future, value)
+
+    @staticmethod
+    def _run_job(conn: Connection, job: _Job, *, savepoint: bool) -> tuple[bool, Any]:
+        try:
+            if savepoint:
+                with conn.begin_nested():
+                    return True, job.fn(conn)
+            return True, job.fn(conn)
+        except Exception as error:
+            return False, error
+
+
+class _RollbackOnly(Exception):
+    """Internal: roll back a single failed job's transaction."""
+
+
+def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _reject(future: "asyncio.Future[Any]", error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

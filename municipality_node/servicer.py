@@ -1,0 +1,89 @@
+"""RegisterService: the municipal register system pushes resident changes here."""
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from jukinet.domain.errors import CodePoolExhausted, InvalidField
+from jukinet.domain.model import RegisterChange
+from jukinet.observability.metrics import NodeMetrics
+from jukinet.rpc import authz
+from jukinet.rpc.convert import outcome_to_pb, register_change_from_pb, register_change_or_refusal
+from jukinet.rpc.guard import AlreadyLogged, Guard
+from jukinet.services.intake import Accepted, Outcome, Refused, record_changes
+from jukinet.services.relay import CallInfo
+from jukinet.storage import SqlTx, Store
+from jukinet.wire.v1 import register_pb2, register_pb2_grpc
+
+MAX_CHANGES_PER_MESSAGE = 5000
+
+
+class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
+    def __init__(
+        self,
+        origin: str,
+        store: Store,
+        guard: Guard,
+        metrics: NodeMetrics,
+        on_recorded: Callable[[int], None],
+        on_pool_exhausted: Callable[[], None],
+    ) -> None:
+        self._origin = origin
+        self._store = store
+        self._guard = guard
+        self._metrics = metrics
+        self._on_recorded = on_recorded
+        self._on_pool_exhausted = on_pool_exhausted
+
+    async def _record(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> list[Outcome]:
+        now = dt.datetime.now(dt.UTC)
+        outcomes = await self._store.write(
+            lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now)
+        )
+        accepted = [o for o in outcomes if isinstance(o, Accepted)]
+        self._metrics.changes_received.inc(len(changes))
+        self._metrics.changes_applied.inc(len(accepted))
+        exhausted = False
+        for outcome in outcomes:
+            if isinstance(outcome, Refused):
+                self._metrics.changes_refused.labels(outcome.error.reason).inc()
+                exhausted = exhausted or isinstance(outcome.error, CodePoolExhausted)
+        if accepted:
+            self._on_recorded(max(o.seq for o in accepted))
+        if exhausted:
+            self._on_pool_exhausted()
+        return outcomes
+
+    async def RecordChange(
+        self, request: register_pb2.RecordChangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> register_pb2.RecordChangeResponse:
+        async with self._guard.call(context, authz.RECORD_CHANGE) as call:
+            authz.check_origin(call.caller, self._origin)
+            if not request.HasField("change"):
+                raise InvalidField("change", "is required")
+            change = register_change_from_pb(request.change)
+            (outcome,) = await self._record([change], call.info)
+            if isinstance(outcome, Refused):
+                raise AlreadyLogged(outcome.error)
+            return register_pb2.RecordChangeResponse(result=outcome_to_pb(outcome))
+        raise AssertionError("unreachable")
+
+    async def RecordChanges(
+        self,
+        request_iterator: AsyncIterator[register_pb2.RecordChangesRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[register_pb2.RecordChangesResponse]:
+        async with self._guard.call(context, authz.RECORD_CHANGES) as call:
+            authz.check_origin(call.caller, self._origin)
+            async for request in request_iterator:
+                if len(request.changes) > MAX_CHANGES_PER_MESSAGE:
+                    raise InvalidField(
+                        "changes",
+                        f"{len(request.changes)} changes in one message; "
+                        f"the limit is {MAX_CHANGES_PER_MESSAGE}",
+                    )
+                changes = [register_change_or_refusal(pb) for pb in request.changes]
+                outcomes = await self._record(changes, call.info) if changes else []
+                yield register_pb2.RecordChangesResponse(results=[outcome_to_pb(o) for o in outcomes])

@@ -1,0 +1,13 @@
+"""python -m prefecture_node --config FILE"""
+
+import sys
+from pathlib import Path
+
+from jukinet.config import load_config
+from jukinet.rpc.runtime import run_node
+from prefecture_node.bootstrap import build
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--config":
+        raise SystemExit("usage: python -m prefecture_node --config FILE")
+    run_node(load_config(Path(sys.argv[2])), build)

@@ -1,0 +1,60 @@
+"""Composition root of a prefecture node: receives from its municipalities, forwards to the center."""
+
+import grpc
+
+from jukinet.domain.identity import NodeId, Role
+from jukinet.pki import SECURE_CHANNEL_OPTIONS, channel_credentials
+from jukinet.rpc import authz
+from jukinet.rpc.admin_servicer import AdminServicer
+from jukinet.rpc.forwarder import Forwarder
+from jukinet.rpc.guard import Guard
+from jukinet.rpc.relay_servicer import RelayServicer
+from jukinet.rpc.runtime import NodeContext, NodeParts
+from jukinet.wire.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    codepool_pb2,
+    codepool_pb2_grpc,
+    relay_pb2,
+    relay_pb2_grpc,
+)
+from prefecture_node.codepool import CodePoolRelayServicer
+
+
+def build(ctx: NodeContext) -> NodeParts:
+    config = ctx.config
+    node = config.identity
+    credentials = channel_credentials(ctx.paths)
+    guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY)
+    forwarder = Forwarder(
+        store=ctx.store,
+        upstream=config.upstream,
+        upstream_identity=NodeId(Role.CENTER).uri,
+        credentials=credentials,
+        metrics=ctx.metrics,
+        batch_size=config.batch_size,
+        window=config.window,
+    )
+    relay = RelayServicer(ctx.store, guard, ctx.metrics, on_applied=forwarder.notify)
+    center_channel = grpc.aio.secure_channel(config.upstream, credentials, options=SECURE_CHANNEL_OPTIONS)
+    codepool = CodePoolRelayServicer(ctx.store, guard, codepool_pb2_grpc.CodePoolServiceStub(center_channel))
+    admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded)
+
+    def add(server: grpc.aio.Server) -> None:
+        relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
+        codepool_pb2_grpc.add_CodePoolServiceServicer_to_server(codepool, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+
+    async def close_channel() -> None:
+        await center_channel.close(None)
+
+    return NodeParts(
+        add_servicers=[add],
+        service_names=[
+            relay_pb2.DESCRIPTOR.services_by_name["RelayService"].full_name,
+            codepool_pb2.DESCRIPTOR.services_by_name["CodePoolService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        ],
+        tasks=[forwarder.run],
+        close=[close_channel],
+    )

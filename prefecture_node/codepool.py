@@ -1,0 +1,62 @@
+"""CodePoolService at a prefecture: relays a municipality's pool request to the center."""
+
+import datetime as dt
+from typing import Any
+
+import grpc
+
+from jukinet.domain.errors import UpstreamUnavailable
+from jukinet.domain.validate import local_gov_code, request_id
+from jukinet.rpc import authz
+from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
+from jukinet.services.ports import AccessEntry
+from jukinet.storage import SqlTx, Store
+from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
+
+
+class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
+    def __init__(
+        self, store: Store, guard: Guard, center: codepool_pb2_grpc.CodePoolServiceAsyncStub
+    ) -> None:
+        self._store = store
+        self._guard = guard
+        self._center = center
+
+    async def AllocateCodes(
+        self, request: codepool_pb2.AllocateCodesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> codepool_pb2.AllocateCodesResponse:
+        async with self._guard.call(context, authz.ALLOCATE_CODES) as call:
+            request_id("request_id", request.request_id)
+            municipality = local_gov_code("municipality_code", request.municipality_code)
+            authz.check_origin(call.caller, municipality)
+            try:
+                reply: codepool_pb2.AllocateCodesResponse = await self._center.AllocateCodes(
+                    request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
+                    await context.abort(error.code(), f"center: {error.details()}")
+                raise UpstreamUnavailable(
+                    f"the center did not answer ({error.code().name}); retry later"
+                ) from None
+            now = dt.datetime.now(dt.UTC)
+            entries = [
+                AccessEntry(
+                    at=now,
+                    request_id=request.request_id,
+                    peer=call.info.peer,
+                    method=authz.ALLOCATE_CODES,
+                    outcome="OK",
+                ),
+                AccessEntry(
+                    at=now,
+                    request_id=request.request_id,
+                    peer="jukinet://center",
+                    method=authz.ALLOCATE_CODES,
+                    outcome="OK",
+                    direction="made",
+                ),
+            ]
+            await self._store.write(lambda conn: SqlTx(conn).append_access(entries))
+            return reply
+        raise AssertionError("unreachable")
