@@ -54,7 +54,8 @@ def allocate(
     while len(chosen) < count:
         need = count - len(chosen)
         candidates = {random_code() for _ in range(need + need // 10 + 8)} - chosen
-        fresh = [c for c in candidates if c not in _already_issued(conn, list(candidates))]
+        taken = _already_issued(conn, list(candidates))
+        fresh = [c for c in candidates if c not in taken]
         chosen.update(fresh[:need])
     codes = sorted(chosen)
     conn.execute(

@@ -1,6 +1,8 @@
 """Keeps the municipality's pool of 住民票コード filled: asks the center (through the prefecture)
 for a new block whenever free codes drop below the configured threshold."""
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import datetime as dt

@@ -1,5 +1,7 @@
 """CodePoolService at a prefecture: relays a municipality's pool request to the center."""
 
+from __future__ import annotations
+
 import datetime as dt
 from typing import Any
 

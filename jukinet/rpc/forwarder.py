@@ -3,6 +3,8 @@
 At-least-once transport: a batch is resent after any failure until the receiver's cursor covers it;
 the receiver's idempotent apply on (origin, seq) makes the effect exactly-once."""
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import datetime as dt
