@@ -131,14 +131,14 @@ async def run_demo(root: Path, residents: int, changes: int, seed: int) -> bool:
     op = Operator(net)
     try:
         nodes = Table(title="jukinet local network (mutual TLS gRPC on 127.0.0.1)")
-        for column in ("node", "listen", "metrics", "database / log"):
-            nodes.add_column(column)
+        for column in ("node", "gRPC", "Prometheus metrics"):
+            nodes.add_column(column, no_wrap=True)
         for node in net.nodes.values():
-            db = node.config.read_text(encoding="utf-8").split('database = "')[1].split('"')[0]
-            nodes.add_row(
-                node.identity.uri, node.listen, f"http://{node.metrics}/metrics", f"{db}\n{node.log}"
-            )
+            nodes.add_row(node.identity.uri, node.listen, f"http://{node.metrics}/metrics")
         console.print(nodes)
+        console.print(
+            f"run folder {root}: pki/, config/ (one TOML per node), data/ (SQLite), logs/ (JSON lines)"
+        )
         await wait_for_codes(net, op)
         workload = Workload(list(MUNICIPALITIES), seed=seed, run_id=f"demo{seed}")
         pusher = Pusher(net, workload)
