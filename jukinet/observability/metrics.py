@@ -4,6 +4,7 @@ Labels are bounded: tier, method (the fixed set of RPC names), status code, orig
 for at most its prefecture's municipalities). Never a request id or a resident code."""
 
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -59,8 +60,9 @@ class NodeMetrics:
         self.free_codes = Gauge("jukinet_free_codes", "Free 住民票コード in this node's pool.", registry=r)
 
 
-def start_metrics_server(metrics: NodeMetrics, listen: str) -> int:
-    """Serves /metrics on host:port (127.0.0.1 by default); returns the bound port."""
+def start_metrics_server(metrics: NodeMetrics, listen: str) -> WSGIServer:
+    """Serves /metrics on host:port (127.0.0.1 by default); `.server_port` is the bound port,
+    `.shutdown()` stops it."""
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
-    return int(server.server_port)
+    return server

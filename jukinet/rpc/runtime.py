@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
@@ -48,15 +49,59 @@ def run_node(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> N
     asyncio.run(_serve(config, build))
 
 
-async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> None:
-    store = Store(config.database)
-    metrics = NodeMetrics()
+class RunningNode:
+    """A started node: its gRPC server, store, background tasks and metrics endpoint."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        parts: NodeParts,
+        server: grpc.aio.Server,
+        health_servicer: Any,
+        port: int,
+        metrics_server: Any,
+    ) -> None:
+        self.ctx = ctx
+        self.parts = parts
+        self.server = server
+        self.port = port
+        self.metrics_server = metrics_server
+        self.metrics_port = int(metrics_server.server_port)
+        self.stop_event = asyncio.Event()
+        self._health = health_servicer
+        self.tasks: list[asyncio.Task[None]] = [
+            asyncio.ensure_future(task(self.stop_event)) for task in parts.tasks
+        ]
+
+    @property
+    def address(self) -> str:
+        return f"{self.ctx.config.listen.rpartition(':')[0]}:{self.port}"
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace=2.0)
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for close in self.parts.close:
+            await close()
+        self.metrics_server.shutdown()
+        self.metrics_server.server_close()
+        await asyncio.get_running_loop().run_in_executor(None, self.ctx.store.close)
+
+
+async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> RunningNode:
+    """Starts a node in the running event loop (the node process, or a test)."""
     paths = paths_for(config.pki_dir, config.identity)
     for required in (paths.cert, paths.key, paths.ca):
         if not required.exists():
             raise SystemExit(
                 f"missing {required}: create the PKI first (jukinet pki init --dir {config.pki_dir})"
             )
+    store = Store(config.database)
+    metrics = NodeMetrics()
     ctx = NodeContext(config=config, store=store, metrics=metrics, paths=paths)
     parts = build(ctx)
     server = grpc.aio.server(
@@ -82,40 +127,32 @@ async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) 
     if port == 0:
         raise SystemExit(f"could not listen on {config.listen}: is the port in use?")
     await server.start()
-    metrics_port = start_metrics_server(metrics, config.metrics_listen)
-    host = config.listen.rpartition(":")[0]
+    metrics_server = start_metrics_server(metrics, config.metrics_listen)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return RunningNode(ctx, parts, server, health_servicer, port, metrics_server)
+
+
+async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> None:
+    node = await start_node(config, build)
     ready = {
         "event": "node_ready",
         "node": config.identity.uri,
-        "listen": f"{host}:{port}",
-        "metrics": f"127.0.0.1:{metrics_port}",
+        "listen": node.address,
+        "metrics": f"127.0.0.1:{node.metrics_port}",
         "pid": os.getpid(),
     }
     print(json.dumps(ready), flush=True)
-    log.info("node_started", listen=f"{host}:{port}", metrics=f"127.0.0.1:{metrics_port}")
-
-    stop = asyncio.Event()
+    log.info("node_started", listen=node.address, metrics=ready["metrics"])
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks: list[asyncio.Task[None]] = [asyncio.ensure_future(task(stop)) for task in parts.tasks]
+        loop.add_signal_handler(sig, node.stop_event.set)
     try:
-        waiters = [asyncio.create_task(stop.wait()), *tasks]
+        waiters = [asyncio.create_task(node.stop_event.wait()), *node.tasks]
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for finished in done:
             if finished is not waiters[0] and finished.exception() is not None:
                 log.error("node_task_failed", error=repr(finished.exception()))
     finally:
-        stop.set()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(grace=2.0)
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        for close in parts.close:
-            await close()
-        store.close()
+        await node.stop()
         log.info("node_stopped")
         sys.stderr.flush()

@@ -43,11 +43,7 @@ class SqlTx:
         values = [rows.registration_row(r) for r in registrations]
         if not values:
             return
-        stmt: Any
-        if self._dialect == "postgresql":
-            stmt = postgresql.insert(registration)
-        else:
-            stmt = sqlite.insert(registration)
+        stmt: Any = (postgresql if self._dialect == "postgresql" else sqlite).insert(registration)
         stmt = stmt.on_conflict_do_update(
             index_elements=["resident_code", "municipality"],
             set_={name: stmt.excluded[name] for name in _REG_UPDATABLE},
