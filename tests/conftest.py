@@ -5,8 +5,9 @@ import os
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,28 @@ def postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'node.db'}"
-    else:
-        yield from postgres_database()
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_factory(backend: str, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Makes a fresh database URL of the test's backend per call; PostgreSQL ones are dropped afterwards."""
+    cleanups: list[Iterator[str]] = []
+
+    def make(name: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / (name + '.db')}"
+        generator = postgres_database()
+        cleanups.append(generator)
+        return next(generator)
+
+    yield make
+    for generator in cleanups:
+        with contextlib.suppress(StopIteration):
+            next(generator)
+
+
+@pytest.fixture
+def database_url(db_factory: Callable[[str], str]) -> str:
+    return db_factory("node")

@@ -1,0 +1,239 @@
+"""Municipality -> prefecture -> center over real mutual TLS on 127.0.0.1, on SQLite and PostgreSQL."""
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from jukinet.codes import local_gov_check_digit, resident_code_from_body
+from jukinet.domain.registry_state import Status, current_record
+from jukinet.rpc.runtime import RunningNode
+from jukinet.storage import SqlTx
+from jukinet.storage import queries
+from jukinet.wire.v1 import register_pb2, register_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
+from tests.helpers.nodes import channel, change, event, eventually, start
+
+R = types_pb2
+
+
+@dataclass
+class Net:
+    pki: Path
+    center: RunningNode
+    prefecture: RunningNode
+    municipality: RunningNode
+
+
+@pytest.fixture
+async def net(pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path) -> AsyncIterator[Net]:
+    center = await start("center", "", db_factory("center"), pki_dir)
+    prefecture = await start("prefecture", "13", db_factory("prefecture"), pki_dir, upstream=center.address)
+    municipality = await start(
+        "municipality", "132080", f"sqlite:///{tmp_path / 'm.db'}", pki_dir, upstream=prefecture.address
+    )
+    try:
+        await eventually(lambda: municipality.ctx.store.read(lambda c: queries.counts(c).free_codes > 0))
+        yield Net(pki_dir, center, prefecture, municipality)
+    finally:
+        for node in (municipality, prefecture, center):
+            await node.stop()
+
+
+def register_stub(net: Net, who: str = "jukinet://register/132080") -> tuple[grpc.aio.Channel, register_pb2_grpc.RegisterServiceStub]:
+    ch = channel(net.pki, who, net.municipality.address)
+    return ch, register_pb2_grpc.RegisterServiceStub(ch)
+
+
+async def digests(net: Net, origin: str = "132080") -> list[queries.Digest]:
+    return [await n.ctx.store.read(lambda c: queries.digest(c, origin)) for n in (net.municipality, net.prefecture, net.center)]
+
+
+async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
+    ch, stub = register_stub(net)
+    async with ch:
+        born = await stub.RecordChange(
+            register_pb2.RecordChangeRequest(change=change("b1", R.CHANGE_REASON_BIRTH, effective="1980-04-01")), timeout=10
+        )
+        code = born.result.resident_code
+        assert born.result.seq == 1 and len(code) == 11
+        moved = await stub.RecordChange(
+            register_pb2.RecordChangeRequest(change=change("m1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2")),
+            timeout=10,
+        )
+        assert moved.result.seq == 2
+        replay = await stub.RecordChange(
+            register_pb2.RecordChangeRequest(change=change("m1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2")),
+            timeout=10,
+        )
+        assert replay.result.seq == 2  # idempotent on request_id: the first answer again
+
+    async def caught_up() -> bool:
+        d = await digests(net)
+        return d[2].head_seq == 2 and len({x.sha256 for x in d}) == 1
+
+    await eventually(caught_up)
+    regs = await net.center.ctx.store.read(lambda c: SqlTx(c).registrations_of([code]))
+    record = current_record(regs[code])
+    assert record is not None and record.status is Status.ACTIVE
+    assert record.registration.items.address == "東京都調布市2"
+
+
+async def test_a_bad_record_in_a_stream_is_refused_alone(net: Net) -> None:
+    ch, stub = register_stub(net)
+    batch = [
+        change("s1", R.CHANGE_REASON_EX_OFFICIO_RECORD),
+        change("s2", R.CHANGE_REASON_INTRA_MOVE, "12345678904"),  # wrong check digit
+        change("s3", R.CHANGE_REASON_EX_OFFICIO_RECORD, name=""),  # missing name
+        change("s4", R.CHANGE_REASON_EX_OFFICIO_RECORD),
+    ]
+    async with ch:
+        call = stub.RecordChanges(iter([register_pb2.RecordChangesRequest(changes=batch)]))
+        responses = [r async for r in call]
+    results = responses[0].results
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [r.status_code for r in results] == [0, invalid, invalid, 0]
+    assert results[1].field == "resident_code" and "check digit" in results[1].message
+    assert results[2].field == "items.name"
+    assert [results[0].seq, results[3].seq] == [1, 2]
+    log = await net.municipality.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=10))
+    served = [e for _, e in log if e.method.endswith("RecordChanges")]
+    assert sorted(e.outcome for e in served) == ["INVALID_ARGUMENT", "INVALID_ARGUMENT", "OK", "OK"]
+    assert all(e.peer == "jukinet://register/132080" for e in served)
+
+
+async def test_unary_refusal_names_the_field_with_invalid_argument(net: Net) -> None:
+    ch, stub = register_stub(net)
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RecordChange(
+                register_pb2.RecordChangeRequest(change=change("u1", R.CHANGE_REASON_DEATH, "12345678903", with_items=False)),
+                timeout=10,
+            )
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # not registered here
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RecordChange(
+                register_pb2.RecordChangeRequest(change=change("u2", R.CHANGE_REASON_EX_OFFICIO_RECORD, effective="2026-02-30")),
+                timeout=10,
+            )
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "effective_date" in (caught.value.details() or "")
+
+
+async def test_refusals_at_the_tls_layer_and_by_rule(net: Net, foreign_pki_dir: Path) -> None:
+    request = relay_pb2.GetCursorsRequest(origins=["132080"])
+    # no client certificate
+    ca = (net.pki / "ca.pem").read_bytes()
+    async with grpc.aio.secure_channel(net.prefecture.address, grpc.ssl_channel_credentials(ca)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(request, timeout=5)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    # a certificate from another CA naming the same municipality
+    async with channel(foreign_pki_dir, "jukinet://municipality/132080", net.prefecture.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(request, timeout=5)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    # a municipality pushing for another municipality
+    async with channel(net.pki, "jukinet://municipality/132187", net.prefecture.address) as ch:
+        call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
+            iter([relay_pb2.PushEventsRequest(origin="132080", events=[event(1, "12345678903")])])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [r async for r in call]
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "own municipality" in (caught.value.details() or "")
+    # a prefecture forwarding for another prefecture's municipality
+    async with channel(net.pki, "jukinet://prefecture/01", net.center.address) as ch:
+        call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
+            iter([relay_pb2.PushEventsRequest(origin="132080", events=[event(1, "12345678903")])])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [r async for r in call]
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "prefecture 01" in (caught.value.details() or "")
+    # another municipality's register system, and a role that may not push at all
+    for who, address in (("jukinet://register/132187", net.municipality.address), ("jukinet://agency/pension", net.center.address)):
+        async with channel(net.pki, who, address) as ch:
+            if "register" in who:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await register_pb2_grpc.RegisterServiceStub(ch).RecordChange(
+                        register_pb2.RecordChangeRequest(change=change("x", R.CHANGE_REASON_EX_OFFICIO_RECORD)), timeout=5
+                    )
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(request, timeout=5)
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    refused = await net.center.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=50))
+    assert {(e.peer, e.outcome) for _, e in refused} >= {
+        ("jukinet://prefecture/01", "PERMISSION_DENIED"),
+        ("jukinet://agency/pension", "PERMISSION_DENIED"),
+    }
+
+
+def _tokyo_code(n: int) -> str:
+    body = f"13{n:03d}"
+    return body + str(local_gov_check_digit(body))
+
+
+async def _push(stub: relay_pb2_grpc.RelayServiceStub, origin: str, events: list[types_pb2.ChangeEvent]) -> int:
+    call = stub.PushEvents(iter([relay_pb2.PushEventsRequest(origin=origin, events=events)]))
+    return [r.acked_seq async for r in call][-1]
+
+
+async def test_replayed_batches_are_idempotent_and_gaps_are_refused(net: Net) -> None:
+    origin = _tokyo_code(101)
+    codes = [resident_code_from_body(f"{n:010d}") for n in range(1, 4)]
+    async with channel(net.pki, "jukinet://prefecture/13", net.center.address) as ch:
+        stub = relay_pb2_grpc.RelayServiceStub(ch)
+        batch = [event(i + 1, c) for i, c in enumerate(codes)]
+        assert await _push(stub, origin, batch) == 3
+        assert await _push(stub, origin, batch) == 3  # replay: acked, nothing applied twice
+        assert await _push(stub, origin, batch[1:]) == 3
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _push(stub, origin, [event(5, codes[0], R.CHANGE_REASON_INTRA_MOVE)])
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "expected seq 4" in (caught.value.details() or "")
+        cursors = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=[origin]), timeout=5)
+        assert cursors.cursors[0].acked_seq == 3
+    d = await net.center.ctx.store.read(lambda c: queries.digest(c, origin))
+    assert (d.count, d.head_seq) == (3, 3)
+
+
+async def test_every_interleaving_of_a_move_between_municipalities_gives_one_final_state(
+    pki_dir: Path, db_factory: Callable[[str], str]
+) -> None:
+    """転出 at A and 転入 at B (plus a later 転居 at B) for two residents, pushed in every order."""
+    alice, bob = resident_code_from_body("1000000001"), resident_code_from_body("2000000002")
+    a, b = "132080", "132187"
+    streams = {
+        a: [event(1, alice, address="A1"), event(2, bob, address="A2"),
+            event(3, alice, R.CHANGE_REASON_MOVE_OUT, address="A1", effective="2026-11-05")],
+        b: [event(1, alice, R.CHANGE_REASON_MOVE_IN, address="B1", effective="2026-11-05"),
+            event(2, alice, R.CHANGE_REASON_INTRA_MOVE, address="B2", effective="2026-11-06")],
+    }
+    # batches of one event each, merged in every order that keeps each origin's own order
+    slots = [a] * 3 + [b] * 2
+    finals = set()
+    for n, arrangement in enumerate(sorted(set(itertools.permutations(slots)))):
+        center = await start("center", "", db_factory(f"center{n}"), pki_dir)
+        try:
+            async with channel(pki_dir, "jukinet://prefecture/13", center.address) as ch:
+                stub = relay_pb2_grpc.RelayServiceStub(ch)
+                cursor = {a: 0, b: 0}
+                for origin in arrangement:
+                    pb = streams[origin][cursor[origin]]
+                    cursor[origin] += 1
+                    await _push(stub, origin, [pb])
+            regs = await center.ctx.store.read(lambda c: SqlTx(c).registrations_of([alice, bob]))
+        finally:
+            await center.stop()
+        state = []
+        for code in (alice, bob):
+            record = current_record(regs[code])
+            assert record is not None
+            state.append((code, record.status, record.holder, record.registration.items.address))
+        finals.add(tuple(state))
+    assert n + 1 == 10
+    assert finals == {((alice, Status.ACTIVE, b, "B2"), (bob, Status.ACTIVE, a, "A2"))}
