@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 $(BUF): tools/package.json tools/package-lock.json
 	@echo "==> installing buf (npm @bufbuild/buf) into tools/node_modules"
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	cd tools && npm install --no-audit --no-fund --loglevel=error  # (npm ci trips over buf's optional per-platform packages)
 	touch $(BUF)
 
 ## demo: run the whole network locally (1 center, 2 prefectures, 3 municipalities) end to end

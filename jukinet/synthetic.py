@@ -396,9 +396,7 @@ class Workload:
         if pending is None:
             raise ValueError(f"change {change.request_id} is not pending (unknown or already recorded)")
         if pending.municipality != municipality_code:
-            raise ValueError(
-                f"change {change.request_id} was for {pending.municipality}, not {municipality_code}"
-            )
+            raise ValueError(f"change {change.request_id} was for {pending.municipality}, not {municipality_code}")
         if not valid_resident_code(resident_code):
             raise ValueError(f"{resident_code!r} is not a valid resident code")
         living = self._living[municipality_code]
@@ -504,9 +502,7 @@ class Workload:
         out_date = move_out[1].effective_date
         in_date = min(self.today, out_date + dt.timedelta(days=self._rng.randint(0, 14)))
         items = replace(resident.items, address=self._factories[target].address())
-        move_in = RegisterChange(
-            self._next_request_id(target), ChangeReason.MOVE_IN, in_date, resident.code, items
-        )
+        move_in = RegisterChange(self._next_request_id(target), ChangeReason.MOVE_IN, in_date, resident.code, items)
         self._pending[move_in.request_id] = _Pending(target, move_in)
         self._busy[resident.code] += 1
         return [move_out, (target, move_in)]

@@ -58,9 +58,7 @@ class CodePoolKeeper:
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
-        async with grpc.aio.secure_channel(
-            self._upstream, self._credentials, options=SECURE_CHANNEL_OPTIONS
-        ) as ch:
+        async with grpc.aio.secure_channel(self._upstream, self._credentials, options=SECURE_CHANNEL_OPTIONS) as ch:
             stub = codepool_pb2_grpc.CodePoolServiceStub(ch)
             request_id = uuid.uuid4().hex
             while not stop.is_set():
@@ -93,9 +91,7 @@ class CodePoolKeeper:
         now = dt.datetime.now(dt.UTC)
 
         def store_block(conn: Connection) -> int:
-            if conn.execute(
-                select(code_block.c.block_id).where(code_block.c.request_id == request_id)
-            ).first():
+            if conn.execute(select(code_block.c.block_id).where(code_block.c.request_id == request_id)).first():
                 return 0  # already stored (a retry after a lost answer)
             conn.execute(
                 insert(code_block),

@@ -39,9 +39,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
 
     async def _record(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> list[Outcome]:
         now = dt.datetime.now(dt.UTC)
-        outcomes = await self._store.write(
-            lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now)
-        )
+        outcomes = await self._store.write(lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now))
         accepted = [o for o in outcomes if isinstance(o, Accepted)]
         self._metrics.changes_received.inc(len(changes))
         self._metrics.changes_applied.inc(len(accepted))
@@ -81,8 +79,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
                 if len(request.changes) > MAX_CHANGES_PER_MESSAGE:
                     raise InvalidField(
                         "changes",
-                        f"{len(request.changes)} changes in one message; "
-                        f"the limit is {MAX_CHANGES_PER_MESSAGE}",
+                        f"{len(request.changes)} changes in one message; the limit is {MAX_CHANGES_PER_MESSAGE}",
                     )
                 changes = [register_change_or_refusal(pb) for pb in request.changes]
                 outcomes = await self._record(changes, call.info) if changes else []

@@ -17,9 +17,7 @@ from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
 
 
 class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
-    def __init__(
-        self, store: Store, guard: Guard, center: codepool_pb2_grpc.CodePoolServiceAsyncStub
-    ) -> None:
+    def __init__(self, store: Store, guard: Guard, center: codepool_pb2_grpc.CodePoolServiceAsyncStub) -> None:
         self._store = store
         self._guard = guard
         self._center = center
@@ -38,9 +36,7 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
             except grpc.aio.AioRpcError as error:
                 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
                     await context.abort(error.code(), f"center: {error.details()}")
-                raise UpstreamUnavailable(
-                    f"the center did not answer ({error.code().name}); retry later"
-                ) from None
+                raise UpstreamUnavailable(f"the center did not answer ({error.code().name}); retry later") from None
             now = dt.datetime.now(dt.UTC)
             entries = [
                 AccessEntry(

@@ -44,9 +44,7 @@ def main() -> int:
             generate(Path(tmp))
             fresh = Path(tmp) / "jukinet" / "wire" / "v1"
             names = sorted(p.name for p in fresh.iterdir() if p.is_file())
-            committed = sorted(
-                p.name for p in (target / "v1").iterdir() if p.is_file() and p.suffix in {".py", ".pyi"}
-            )
+            committed = sorted(p.name for p in (target / "v1").iterdir() if p.is_file() and p.suffix in {".py", ".pyi"})
             _, mismatch, errors = filecmp.cmpfiles(fresh, target / "v1", names, shallow=False)
             if mismatch or errors or names != committed:
                 stale = mismatch + errors or "file list differs"

@@ -52,9 +52,7 @@ class Operator:
     async def status(self, node: NodeProcess) -> admin_pb2.GetStatusResponse:
         async with client_channel(node.listen, self._net.pki_dir, node.operator) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
-            reply: admin_pb2.GetStatusResponse = await stub.GetStatus(
-                admin_pb2.GetStatusRequest(), timeout=10
-            )
+            reply: admin_pb2.GetStatusResponse = await stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
             return reply
 
     async def digest(self, node: NodeProcess, municipality: str) -> admin_pb2.GetDigestResponse:
@@ -136,9 +134,7 @@ async def run_demo(root: Path, residents: int, changes: int, seed: int) -> bool:
         for node in net.nodes.values():
             nodes.add_row(node.identity.uri, node.listen, f"http://{node.metrics}/metrics")
         console.print(nodes)
-        console.print(
-            f"run folder {root}: pki/, config/ (one TOML per node), data/ (SQLite), logs/ (JSON lines)"
-        )
+        console.print(f"run folder {root}: pki/, config/ (one TOML per node), data/ (SQLite), logs/ (JSON lines)")
         await wait_for_codes(net, op)
         workload = Workload(list(MUNICIPALITIES), seed=seed, run_id=f"demo{seed}")
         pusher = Pusher(net, workload)
@@ -223,9 +219,7 @@ def report(
 
 def demo(
     residents: Annotated[int, typer.Option(help="Initial residents per municipality.")] = 2000,
-    changes: Annotated[
-        int, typer.Option(help="Changes (moves, births, deaths, …) after the initial load.")
-    ] = 5000,
+    changes: Annotated[int, typer.Option(help="Changes (moves, births, deaths, …) after the initial load.")] = 5000,
     directory: Annotated[
         Path, typer.Option("--dir", help="Run folder (recreated): PKI, configs, databases, logs.")
     ] = Path("demo-run"),

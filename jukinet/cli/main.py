@@ -23,9 +23,7 @@ app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_show_loc
 pki_app = typer.Typer(no_args_is_help=True, help="The network CA and node certificates.")
 node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
 log_app = typer.Typer(no_args_is_help=True, help="A node's access log.")
-register_app = typer.Typer(
-    no_args_is_help=True, help="Feed a municipality node like the register system does."
-)
+register_app = typer.Typer(no_args_is_help=True, help="Feed a municipality node like the register system does.")
 app.add_typer(pki_app, name="pki")
 app.add_typer(node_app, name="node")
 app.add_typer(log_app, name="log")

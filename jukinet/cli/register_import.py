@@ -86,9 +86,7 @@ def import_file(
     file: Annotated[Path, typer.Argument(help="CSV (with a header row) or JSON Lines file.", exists=True)],
     node: Annotated[str, typer.Option(help="Municipality node address host:port.")],
     pki_dir: Annotated[Path, typer.Option("--pki-dir", help="Folder with ca.pem and your certificate.")],
-    municipality: Annotated[
-        str, typer.Option(help="Your municipality code; you act as jukinet://register/<code>.")
-    ],
+    municipality: Annotated[str, typer.Option(help="Your municipality code; you act as jukinet://register/<code>.")],
     batch: Annotated[int, typer.Option(help="Changes per message.")] = 1000,
     rejects: Annotated[
         Path | None, typer.Option(help="Write refused rows with reasons to this JSON Lines file.")

@@ -57,9 +57,7 @@ class SequenceGap(JukinetError):
     code = "FAILED_PRECONDITION"
 
     def __init__(self, origin: str, expected: int, got: int) -> None:
-        super().__init__(
-            f"origin {origin}: expected seq {expected}, got {got}; resume from the receiver's cursor"
-        )
+        super().__init__(f"origin {origin}: expected seq {expected}, got {got}; resume from the receiver's cursor")
         self.origin = origin
         self.expected = expected
         self.got = got

@@ -51,9 +51,7 @@ DELETE_REASONS = frozenset(
     {ChangeReason.MOVE_OUT, ChangeReason.EMIGRATION, ChangeReason.DEATH, ChangeReason.EX_OFFICIO_DELETION}
 )
 # Create reasons whose resident usually has no code yet: the node assigns one from its pool.
-ASSIGNING_REASONS = frozenset(
-    {ChangeReason.BIRTH, ChangeReason.ENTRY_FROM_ABROAD, ChangeReason.EX_OFFICIO_RECORD}
-)
+ASSIGNING_REASONS = frozenset({ChangeReason.BIRTH, ChangeReason.ENTRY_FROM_ABROAD, ChangeReason.EX_OFFICIO_RECORD})
 
 
 def effect_of(reason: ChangeReason) -> Effect:

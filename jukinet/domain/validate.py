@@ -161,9 +161,7 @@ def register_change(
         code = resident_code("resident_code", resident_code_value)
     elif why not in ASSIGNING_REASONS:
         raise InvalidField("resident_code", f"is required for {why.name}")
-    needs_items = why in CREATE_REASONS or (
-        effect_of(why) is Effect.CORRECT and why is not ChangeReason.CODE_CHANGE
-    )
+    needs_items = why in CREATE_REASONS or (effect_of(why) is Effect.CORRECT and why is not ChangeReason.CODE_CHANGE)
     if needs_items and items is None:
         raise InvalidField("items", f"name, birth_date, sex and address are required for {why.name}")
     if items is not None and when < items.birth_date:

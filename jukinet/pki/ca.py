@@ -179,9 +179,7 @@ def issue(
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     # Key first, certificate last: a reloader that sees the new certificate also sees its key.
@@ -202,6 +200,4 @@ def ensure(
     paths = paths_for(pki_dir, identity)
     if paths.cert.exists() and paths.key.exists():
         return paths
-    return issue(
-        pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses
-    )
+    return issue(pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses)

@@ -35,7 +35,6 @@ def peer_node_id(context: "grpc.aio.ServicerContext[Any, Any] | grpc.ServicerCon
         raise UnauthenticatedError(f"peer certificate carries no jukinet:// URI SAN{others}")
     if len(ours) > 1:
         raise UnauthenticatedError(
-            f"peer certificate carries {len(ours)} jukinet:// URI SANs ({', '.join(ours)}); "
-            "exactly one is required"
+            f"peer certificate carries {len(ours)} jukinet:// URI SANs ({', '.join(ours)}); exactly one is required"
         )
     return NodeId.parse(ours[0])

@@ -83,9 +83,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 if not request.page_token.isdigit() or len(request.page_token) > 19:
                     raise InvalidField("page_token", "is not a token this node issued")
                 before = int(request.page_token)
-            if request.resident_code and not (
-                len(request.resident_code) == 11 and request.resident_code.isdigit()
-            ):
+            if request.resident_code and not (len(request.resident_code) == 11 and request.resident_code.isdigit()):
                 raise InvalidField("resident_code", "must be 11 digits")
             page = await self._store.read(
                 lambda c: queries.access_page(

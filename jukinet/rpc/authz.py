@@ -57,6 +57,4 @@ def check_operator_of(caller: NodeId, node: NodeId) -> None:
     """Operators act on the node their certificate names (jukinet://operator/<node-slug>/<id>)."""
     expected = node.uri.removeprefix("jukinet://").replace("/", "-")
     if caller.role is not Role.OPERATOR or caller.node != expected:
-        raise PermissionDeniedError(
-            f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)"
-        )
+        raise PermissionDeniedError(f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)")

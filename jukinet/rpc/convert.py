@@ -33,9 +33,7 @@ def items_to_pb(items: IdentityItems) -> types_pb2.IdentityItems:
     )
 
 
-def register_change_from_pb(
-    pb: register_pb2.RegisterChange, *, today: dt.date | None = None
-) -> RegisterChange:
+def register_change_from_pb(pb: register_pb2.RegisterChange, *, today: dt.date | None = None) -> RegisterChange:
     """Raises InvalidField naming the first bad field."""
     items = items_from_pb(pb.items, "items.", today=today) if pb.HasField("items") else None
     return validate.register_change(

@@ -163,9 +163,7 @@ class Forwarder:
                     self._wake.clear()
                     waiter = asyncio.create_task(self._wake.wait())
                     stopper = asyncio.create_task(stop.wait())
-                    await asyncio.wait(
-                        {waiter, stopper, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await asyncio.wait({waiter, stopper, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     stopper.cancel()
                     continue

@@ -48,9 +48,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 origin = local_gov_code("origin", request.origin)
                 authz.check_origin(call.caller, origin)
                 if len(request.events) > MAX_BATCH:
-                    raise InvalidField(
-                        "events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}"
-                    )
+                    raise InvalidField("events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}")
                 events = [event_from_pb(origin, pb) for pb in request.events]
                 self._metrics.changes_received.inc(len(events))
                 now = dt.datetime.now(dt.UTC)
@@ -79,7 +77,5 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         raise AssertionError("unreachable: the guard aborts on every error")
 
 
-def _apply(
-    origin: str, events: list[ChangeEvent], call: CallInfo, now: dt.datetime, conn: Connection
-) -> BatchOutcome:
+def _apply(origin: str, events: list[ChangeEvent], call: CallInfo, now: dt.datetime, conn: Connection) -> BatchOutcome:
     return apply_batch(SqlTx(conn), origin, events, call, now)

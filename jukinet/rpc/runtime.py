@@ -69,9 +69,7 @@ class RunningNode:
         self.metrics_port = int(metrics_server.server_port)
         self.stop_event = asyncio.Event()
         self._health = health_servicer
-        self.tasks: list[asyncio.Task[None]] = [
-            asyncio.ensure_future(task(self.stop_event)) for task in parts.tasks
-        ]
+        self.tasks: list[asyncio.Task[None]] = [asyncio.ensure_future(task(self.stop_event)) for task in parts.tasks]
 
     @property
     def address(self) -> str:
@@ -97,9 +95,7 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     paths = paths_for(config.pki_dir, config.identity)
     for required in (paths.cert, paths.key, paths.ca):
         if not required.exists():
-            raise SystemExit(
-                f"missing {required}: create the PKI first (jukinet pki init --dir {config.pki_dir})"
-            )
+            raise SystemExit(f"missing {required}: create the PKI first (jukinet pki init --dir {config.pki_dir})")
     store = Store(config.database)
     metrics = NodeMetrics()
     ctx = NodeContext(config=config, store=store, metrics=metrics, paths=paths)

@@ -163,9 +163,7 @@ def _subjects(change: RegisterChange, event: ChangeEvent | None = None) -> list[
     return list(dict.fromkeys(codes))
 
 
-def _access(
-    call: CallInfo, now: dt.datetime, request_id: str, subjects: Sequence[str], outcome: str
-) -> AccessEntry:
+def _access(call: CallInfo, now: dt.datetime, request_id: str, subjects: Sequence[str], outcome: str) -> AccessEntry:
     return AccessEntry(
         at=now,
         request_id=request_id or call.request_id,

@@ -50,14 +50,10 @@ def apply_batch(
     fresh = [e for e in events if e.seq > cursor]
     for event in events:
         if event.origin != origin:
-            raise InvalidField(
-                "events", f"event {event.origin}#{event.seq} is not from batch origin {origin}"
-            )
+            raise InvalidField("events", f"event {event.origin}#{event.seq} is not from batch origin {origin}")
     for before, after in pairwise(fresh):
         if after.seq != before.seq + 1:
-            raise InvalidField(
-                "events", f"seq {after.seq} does not follow {before.seq}; send consecutive events"
-            )
+            raise InvalidField("events", f"seq {after.seq} does not follow {before.seq}; send consecutive events")
     if fresh and fresh[0].seq != cursor + 1:
         raise SequenceGap(origin, cursor + 1, fresh[0].seq)
     if fresh:

@@ -106,9 +106,6 @@ class SqlTx:
 
     def events_after(self, origin: str, after_seq: int, limit: int) -> list[ChangeEvent]:
         query = (
-            select(event)
-            .where(event.c.origin == origin, event.c.seq > after_seq)
-            .order_by(event.c.seq)
-            .limit(limit)
+            select(event).where(event.c.origin == origin, event.c.seq > after_seq).order_by(event.c.seq).limit(limit)
         )
         return [rows.event_from(row) for row in self.conn.execute(query)]

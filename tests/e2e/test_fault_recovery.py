@@ -13,7 +13,7 @@ from jukinet.cli.netctl import CENTER, LocalNetwork
 from jukinet.cli.register_client import is_ok, record_batches
 from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import slug
-from jukinet.wire.v1 import register_pb2, register_pb2_grpc
+from jukinet.wire.v1 import register_pb2_grpc
 from tests.helpers.nodes import change, channel
 
 CREATES = 4000

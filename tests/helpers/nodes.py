@@ -81,8 +81,15 @@ def change(
     return pb
 
 
-def event(seq: int, code: str, reason: int = types_pb2.CHANGE_REASON_EX_OFFICIO_RECORD, *, address: str = "東京都調布市1",
-          effective: str = "2026-11-01", previous: str = "") -> types_pb2.ChangeEvent:
+def event(
+    seq: int,
+    code: str,
+    reason: int = types_pb2.CHANGE_REASON_EX_OFFICIO_RECORD,
+    *,
+    address: str = "東京都調布市1",
+    effective: str = "2026-11-01",
+    previous: str = "",
+) -> types_pb2.ChangeEvent:
     pb = types_pb2.ChangeEvent(
         seq=seq,
         resident_code=code,

@@ -1,5 +1,7 @@
 """Municipality -> prefecture -> center over real mutual TLS on 127.0.0.1, on SQLite and PostgreSQL."""
 
+from __future__ import annotations
+
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -11,10 +13,9 @@ import pytest
 from jukinet.codes import local_gov_check_digit, resident_code_from_body
 from jukinet.domain.registry_state import Status, current_record
 from jukinet.rpc.runtime import RunningNode
-from jukinet.storage import SqlTx
-from jukinet.storage import queries
+from jukinet.storage import SqlTx, queries
 from jukinet.wire.v1 import register_pb2, register_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
-from tests.helpers.nodes import channel, change, event, eventually, start
+from tests.helpers.nodes import change, channel, event, eventually, start
 
 R = types_pb2
 
@@ -42,30 +43,41 @@ async def net(pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path) -
             await node.stop()
 
 
-def register_stub(net: Net, who: str = "jukinet://register/132080") -> tuple[grpc.aio.Channel, register_pb2_grpc.RegisterServiceStub]:
+def register_stub(
+    net: Net, who: str = "jukinet://register/132080"
+) -> tuple[grpc.aio.Channel, register_pb2_grpc.RegisterServiceAsyncStub]:
     ch = channel(net.pki, who, net.municipality.address)
     return ch, register_pb2_grpc.RegisterServiceStub(ch)
 
 
 async def digests(net: Net, origin: str = "132080") -> list[queries.Digest]:
-    return [await n.ctx.store.read(lambda c: queries.digest(c, origin)) for n in (net.municipality, net.prefecture, net.center)]
+    return [
+        await n.ctx.store.read(lambda c: queries.digest(c, origin))
+        for n in (net.municipality, net.prefecture, net.center)
+    ]
 
 
 async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
     ch, stub = register_stub(net)
     async with ch:
         born = await stub.RecordChange(
-            register_pb2.RecordChangeRequest(change=change("b1", R.CHANGE_REASON_BIRTH, effective="1980-04-01")), timeout=10
+            register_pb2.RecordChangeRequest(change=change("b1", R.CHANGE_REASON_BIRTH, effective="1980-04-01")),
+            timeout=10,
         )
         code = born.result.resident_code
-        assert born.result.seq == 1 and len(code) == 11
+        assert born.result.seq == 1
+        assert len(code) == 11
         moved = await stub.RecordChange(
-            register_pb2.RecordChangeRequest(change=change("m1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2")),
+            register_pb2.RecordChangeRequest(
+                change=change("m1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2")
+            ),
             timeout=10,
         )
         assert moved.result.seq == 2
         replay = await stub.RecordChange(
-            register_pb2.RecordChangeRequest(change=change("m1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2")),
+            register_pb2.RecordChangeRequest(
+                change=change("m1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2")
+            ),
             timeout=10,
         )
         assert replay.result.seq == 2  # idempotent on request_id: the first answer again
@@ -77,7 +89,8 @@ async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
     await eventually(caught_up)
     regs = await net.center.ctx.store.read(lambda c: SqlTx(c).registrations_of([code]))
     record = current_record(regs[code])
-    assert record is not None and record.status is Status.ACTIVE
+    assert record is not None
+    assert record.status is Status.ACTIVE
     assert record.registration.items.address == "東京都調布市2"
 
 
@@ -95,7 +108,8 @@ async def test_a_bad_record_in_a_stream_is_refused_alone(net: Net) -> None:
     results = responses[0].results
     invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert [r.status_code for r in results] == [0, invalid, invalid, 0]
-    assert results[1].field == "resident_code" and "check digit" in results[1].message
+    assert results[1].field == "resident_code"
+    assert "check digit" in results[1].message
     assert results[2].field == "items.name"
     assert [results[0].seq, results[3].seq] == [1, 2]
     log = await net.municipality.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=10))
@@ -109,13 +123,17 @@ async def test_unary_refusal_names_the_field_with_invalid_argument(net: Net) -> 
     async with ch:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.RecordChange(
-                register_pb2.RecordChangeRequest(change=change("u1", R.CHANGE_REASON_DEATH, "12345678903", with_items=False)),
+                register_pb2.RecordChangeRequest(
+                    change=change("u1", R.CHANGE_REASON_DEATH, "12345678903", with_items=False)
+                ),
                 timeout=10,
             )
         assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # not registered here
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.RecordChange(
-                register_pb2.RecordChangeRequest(change=change("u2", R.CHANGE_REASON_EX_OFFICIO_RECORD, effective="2026-02-30")),
+                register_pb2.RecordChangeRequest(
+                    change=change("u2", R.CHANGE_REASON_EX_OFFICIO_RECORD, effective="2026-02-30")
+                ),
                 timeout=10,
             )
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -154,12 +172,16 @@ async def test_refusals_at_the_tls_layer_and_by_rule(net: Net, foreign_pki_dir: 
         assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "prefecture 01" in (caught.value.details() or "")
     # another municipality's register system, and a role that may not push at all
-    for who, address in (("jukinet://register/132187", net.municipality.address), ("jukinet://agency/pension", net.center.address)):
+    for who, address in (
+        ("jukinet://register/132187", net.municipality.address),
+        ("jukinet://agency/pension", net.center.address),
+    ):
         async with channel(net.pki, who, address) as ch:
             if "register" in who:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await register_pb2_grpc.RegisterServiceStub(ch).RecordChange(
-                        register_pb2.RecordChangeRequest(change=change("x", R.CHANGE_REASON_EX_OFFICIO_RECORD)), timeout=5
+                        register_pb2.RecordChangeRequest(change=change("x", R.CHANGE_REASON_EX_OFFICIO_RECORD)),
+                        timeout=5,
                     )
             else:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -177,9 +199,10 @@ def _tokyo_code(n: int) -> str:
     return body + str(local_gov_check_digit(body))
 
 
-async def _push(stub: relay_pb2_grpc.RelayServiceStub, origin: str, events: list[types_pb2.ChangeEvent]) -> int:
+async def _push(stub: relay_pb2_grpc.RelayServiceAsyncStub, origin: str, events: list[types_pb2.ChangeEvent]) -> int:
     call = stub.PushEvents(iter([relay_pb2.PushEventsRequest(origin=origin, events=events)]))
-    return [r.acked_seq async for r in call][-1]
+    acks: list[int] = [r.acked_seq async for r in call]
+    return acks[-1]
 
 
 async def test_replayed_batches_are_idempotent_and_gaps_are_refused(net: Net) -> None:
@@ -208,10 +231,15 @@ async def test_every_interleaving_of_a_move_between_municipalities_gives_one_fin
     alice, bob = resident_code_from_body("1000000001"), resident_code_from_body("2000000002")
     a, b = "132080", "132187"
     streams = {
-        a: [event(1, alice, address="A1"), event(2, bob, address="A2"),
-            event(3, alice, R.CHANGE_REASON_MOVE_OUT, address="A1", effective="2026-11-05")],
-        b: [event(1, alice, R.CHANGE_REASON_MOVE_IN, address="B1", effective="2026-11-05"),
-            event(2, alice, R.CHANGE_REASON_INTRA_MOVE, address="B2", effective="2026-11-06")],
+        a: [
+            event(1, alice, address="A1"),
+            event(2, bob, address="A2"),
+            event(3, alice, R.CHANGE_REASON_MOVE_OUT, address="A1", effective="2026-11-05"),
+        ],
+        b: [
+            event(1, alice, R.CHANGE_REASON_MOVE_IN, address="B1", effective="2026-11-05"),
+            event(2, alice, R.CHANGE_REASON_INTRA_MOVE, address="B2", effective="2026-11-06"),
+        ],
     }
     # batches of one event each, merged in every order that keeps each origin's own order
     slots = [a] * 3 + [b] * 2

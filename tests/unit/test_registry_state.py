@@ -14,7 +14,9 @@ def _items(address: str, name: str = "山田\u3000花子") -> IdentityItems:
     return IdentityItems(name=name, birth_date=dt.date(1980, 1, 1), sex=Sex.FEMALE, address=address)
 
 
-def _event(origin: str, seq: int, code: str, reason: ChangeReason, day: int, address: str, previous: str = "") -> ChangeEvent:
+def _event(
+    origin: str, seq: int, code: str, reason: ChangeReason, day: int, address: str, previous: str = ""
+) -> ChangeEvent:
     return ChangeEvent(
         origin=origin,
         seq=seq,

@@ -124,8 +124,7 @@ def test_same_seed_same_output() -> None:
     second = ResidentFactory(KITAMI, seed=42, today=TODAY)
     assert [first.items() for _ in range(50)] == [second.items() for _ in range(50)]
     assert (
-        ResidentFactory(KITAMI, seed=43, today=TODAY).items()
-        != ResidentFactory(KITAMI, seed=42, today=TODAY).items()
+        ResidentFactory(KITAMI, seed=43, today=TODAY).items() != ResidentFactory(KITAMI, seed=42, today=TODAY).items()
     )
 
     def run() -> list[tuple[str, RegisterChange]]:

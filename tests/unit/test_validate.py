@@ -9,7 +9,9 @@ from jukinet.domain.errors import InvalidField
 from jukinet.domain.model import ChangeReason, IdentityItems, Sex
 
 TODAY = dt.date(2026, 11, 22)
-ITEMS = IdentityItems(name="山田\u3000太郎", birth_date=dt.date(1980, 4, 1), sex=Sex.MALE, address="東京都調布市小島町2丁目35番1号")
+ITEMS = IdentityItems(
+    name="山田\u3000太郎", birth_date=dt.date(1980, 4, 1), sex=Sex.MALE, address="東京都調布市小島町2丁目35番1号"
+)
 
 
 def _items(**overrides: object) -> IdentityItems:
