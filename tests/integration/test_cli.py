@@ -1,0 +1,97 @@
+"""The operator and register-system commands against real in-process nodes over mTLS."""
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jukinet.rpc.runtime import RunningNode
+from jukinet.storage import queries
+from tests.helpers.nodes import eventually, start
+
+
+@pytest.fixture
+async def municipality(pki_dir: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    center = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", pki_dir)
+    prefecture = await start("prefecture", "13", f"sqlite:///{tmp_path / 'p.db'}", pki_dir, upstream=center.address)
+    node = await start("municipality", "132080", f"sqlite:///{tmp_path / 'm.db'}", pki_dir, upstream=prefecture.address)
+    try:
+        await eventually(lambda: node.ctx.store.read(lambda c: queries.counts(c).free_codes > 0))
+        yield node
+    finally:
+        for n in (node, prefecture, center):
+            await n.stop()
+
+
+async def _jukinet(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jukinet.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_register_import_reports_accepted_and_rejected_rows(
+    municipality: RunningNode, pki_dir: Path, tmp_path: Path
+) -> None:
+    rows = [
+        "request_id,reason,resident_code,effective_date,name,alias,birth_date,sex,address",
+        "i1,EX_OFFICIO_RECORD,,2026-11-01,山田\u3000太郎,,1980-04-01,male,東京都調布市小島町2丁目35番1号",
+        "i2,BIRTH,,2026-11-02,山田\u3000花子,,2026-11-02,女,東京都調布市小島町2丁目35番1号",
+        "i3,INTRA_MOVE,12345678904,2026-11-02,山田\u3000次郎,,1980-04-01,male,東京都調布市1",
+        "i4,NO_SUCH_REASON,,2026-11-02,山田\u3000三郎,,1980-04-01,male,東京都調布市1",
+    ]
+    file = tmp_path / "changes.csv"
+    file.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    code, _, err = await _jukinet(
+        "register",
+        "import",
+        str(file),
+        "--node",
+        municipality.address,
+        "--pki-dir",
+        str(pki_dir),
+        "--municipality",
+        "132080",
+        "--rejects",
+        str(rejects),
+    )
+    assert code == 3, err
+    assert "accepted 2, rejected 2 of 4 rows" in err
+    refused = [json.loads(line) for line in rejects.read_text(encoding="utf-8").splitlines()]
+    assert {r["request_id"]: r["field"] for r in refused} == {"i3": "resident_code", "i4": "reason"}
+    counts = await municipality.ctx.store.read(queries.counts)
+    assert counts.events == 2
+
+
+async def test_log_show_lists_entries_for_an_operator_and_refuses_others(
+    municipality: RunningNode, pki_dir: Path
+) -> None:
+    operator = "jukinet://operator/municipality-132080/t"
+    code, out, err = await _jukinet(
+        "log", "show", "--node", municipality.address, "--pki-dir", str(pki_dir), "--as", operator, "--json"
+    )
+    assert code == 0, err
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert any(e["method"].endswith("AllocateCodes") and e["direction"] == "made" for e in entries)
+    code, _, err = await _jukinet(
+        "log",
+        "show",
+        "--node",
+        municipality.address,
+        "--pki-dir",
+        str(pki_dir),
+        "--as",
+        "jukinet://operator/center/t",
+    )
+    assert code == 1
+    assert "PERMISSION_DENIED" in err
