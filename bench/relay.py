@@ -217,6 +217,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """{tid: (thread name, utime + stime)} for every live thread of a process."""
+    threads: dict[int, tuple[str, float]] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                text = task.joinpath("stat").read_text(encoding="utf-8", errors="replace")
+                name = text[text.index("(") + 1 : text.rindex(")")]
+                fields = text.rpartition(")")[2].split()
+                threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    return threads
+
+
+def thread_split(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per thread over a window: the main thread (the asyncio loop: gRPC handlers, proto
+    conversion, validation) and the busiest other threads (named name#tid; for a node the busiest plain
+    Python one is its database writer thread)."""
+    spent = {tid: cpu - before.get(tid, ("", 0.0))[1] for tid, (_, cpu) in after.items()}
+    split = {"main": round(spent.pop(pid, 0.0), 2)}
+    for tid, cpu in sorted(spent.items(), key=lambda item: -item[1])[:3]:
+        split[f"{after[tid][0]}#{tid}"] = round(cpu, 2)
+    split["other"] = round(max(0.0, sum(spent.values()) - sum(v for k, v in split.items() if k != "main")), 2)
+    return split
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -616,6 +643,7 @@ async def run_network(
 
     state = Progress(target=changes)
     cpu_before = {name: cpu_seconds(node.process.pid) for name, node in net.nodes.items()}
+    threads_before = {name: thread_cpu_seconds(node.process.pid) for name, node in net.nodes.items()}
     bench_before = own_cpu_seconds()
     stop_progress = asyncio.Event()
     state.started = time.monotonic()
@@ -634,6 +662,10 @@ async def run_network(
             task.cancel()
         await asyncio.gather(printer, pusher, watcher, return_exceptions=True)
     cpu_after = {name: cpu_seconds(node.process.pid) for name, node in net.nodes.items()}
+    threads = {
+        name: thread_split(node.process.pid, threads_before[name], thread_cpu_seconds(node.process.pid))
+        for name, node in net.nodes.items()
+    }
     bench_cpu = own_cpu_seconds() - bench_before
     assert state.intake_done_at is not None  # noqa: S101
     assert state.caught_up_at is not None  # noqa: S101
@@ -648,6 +680,7 @@ async def run_network(
         "refused": dict(state.refused),
         "retried_pool_exhausted": state.retried,
         "node_cpu_s": {name: round(cpu_after[name] - cpu_before[name], 2) for name in net.nodes},
+        "node_thread_cpu_s": threads,
         "bench_client_cpu_s": round(bench_cpu, 2),
         "center_head_seq": state.center_head,
         "digest_agrees": (mine.digest, mine.registration_count, mine.head_seq)
@@ -683,11 +716,13 @@ def machine_info() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "protobuf": protobuf_version,
         "sqlite": sqlite3.sqlite_version,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
 async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     changes: int = args.changes
+    machine = machine_info()  # the load average before this run adds its own
     today = today_jst()
     say(f"relay bench: {changes:,} changes, center preloaded with {args.preload_center:,} residents; run {root}")
     say(f"  building a pool of {POOL_SIZE:,} realistic residents of {MUNICIPALITY.code}")
@@ -732,7 +767,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "batch": BATCH,
         "window": WINDOW,
         "logs": logs,
-        "machine": machine_info(),
+        "machine": machine,
     }
 
 
@@ -750,6 +785,8 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"  ratio        {result['ratio']:>10.3f}")
     cpu = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result["node_cpu_s"].items())
     print(f"  CPU during the run: {cpu}, bench client {result['bench_client_cpu_s']:.1f}s")
+    for name, split in result["node_thread_cpu_s"].items():
+        print(f"    {name} threads: " + ", ".join(f"{k} {v:.1f}s" for k, v in split.items()))
     print(f"  municipality and center digests agree: {result['digest_agrees']}")
     if result["refused"] or result["retried_pool_exhausted"]:
         print(f"  refused: {result['refused']}; pushed again after an empty pool: {result['retried_pool_exhausted']}")
