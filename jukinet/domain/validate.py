@@ -5,7 +5,10 @@ Unicode NFC normalization of names and addresses, which the design mandates.
 """
 
 import datetime as dt
+import functools
 import re
+import sys
+import time
 import unicodedata
 from zoneinfo import ZoneInfo
 
@@ -33,15 +36,38 @@ _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _EDGE_SPACES = " \u3000\t"
 
 
+_today_cache: tuple[float, dt.date] = (0.0, dt.date.min)
+
+
 def today_jst() -> dt.date:
-    return dt.datetime.now(JST).date()
+    """Today in Japan (cached for a second: it sits on the per-record validation path)."""
+    global _today_cache
+    now = time.monotonic()
+    if now >= _today_cache[0]:
+        _today_cache = (now + 1.0, dt.datetime.now(JST).date())
+    return _today_cache[1]
+
+
+@functools.cache
+def _refused_characters() -> re.Pattern[str]:
+    """One character class of every code point in a refused category, built once per process."""
+    ranges: list[str] = []
+    start = -1
+    for point in range(sys.maxunicode + 2):
+        refused = point <= sys.maxunicode and unicodedata.category(chr(point)) in _REFUSED_CATEGORIES
+        if refused and start < 0:
+            start = point
+        elif not refused and start >= 0:
+            ranges.append(f"\\U{start:08x}-\\U{point - 1:08x}" if point - 1 > start else f"\\U{start:08x}")
+            start = -1
+    return re.compile("[" + "".join(ranges) + "]")
 
 
 def text(field: str, value: str, *, max_chars: int, required: bool = True) -> str:
     """NFC-normalized text without control, format, private-use or unassigned characters."""
     if not isinstance(value, str):
         raise InvalidField(field, "must be a string")
-    normalized = unicodedata.normalize("NFC", value)
+    normalized = value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
     if not normalized:
         if required:
             raise InvalidField(field, "is required")

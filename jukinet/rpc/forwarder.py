@@ -13,16 +13,16 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 import grpc
 import structlog
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
-from jukinet.domain.model import ChangeEvent
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import SECURE_CHANNEL_OPTIONS
 from jukinet.rpc import authz
-from jukinet.rpc.convert import event_to_pb
+from jukinet.rpc.convert import event_row_to_pb
 from jukinet.rpc.guard import REQUEST_ID_KEY
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store, queries
@@ -176,22 +176,17 @@ class Forwarder:
                     reader.result()
                     raise ConnectionError("relay stream ack reader stopped")
                 after = sent.get(origin, 0)
-                events = await self._store.read(partial(_events_after, origin, after, self._batch_size))
+                events = await self._store.read(partial(_event_rows_after, origin, after, self._batch_size))
                 if not events:
                     slots.release()
                     continue
-                request = relay_pb2.PushEventsRequest(origin=origin, events=[event_to_pb(e) for e in events])
+                request = relay_pb2.PushEventsRequest(origin=origin, events=[event_row_to_pb(e) for e in events])
+                first, last = events[0], events[-1]
                 inflight.append(
-                    (
-                        origin,
-                        events[0].seq,
-                        events[-1].seq,
-                        events[0].recorded_at.timestamp(),
-                        [e.resident_code for e in events],
-                    )
+                    (origin, first.seq, last.seq, first.recorded_us / 1e6, [e.resident_code for e in events])
                 )
                 await call.write(request)
-                sent[origin] = events[-1].seq
+                sent[origin] = last.seq
             await call.done_writing()
         finally:
             reader.cancel()
@@ -204,5 +199,5 @@ def _append_access(entry: AccessEntry, conn: Connection) -> None:
     SqlTx(conn).append_access([entry])
 
 
-def _events_after(origin: str, after: int, limit: int, conn: Connection) -> list[ChangeEvent]:
-    return SqlTx(conn).events_after(origin, after, limit)
+def _event_rows_after(origin: str, after: int, limit: int, conn: Connection) -> list[Row[Any]]:
+    return SqlTx(conn).event_rows_after(origin, after, limit)

@@ -65,6 +65,7 @@ def record_changes(
     outcomes: list[Outcome] = []
     in_batch: dict[str, Accepted] = {}
     access: list[AccessEntry] = []
+    subjects: list[str] = []
 
     for change in changes:
         if isinstance(change, Refused):
@@ -92,8 +93,11 @@ def record_changes(
         accepted = Accepted(change.request_id, event.resident_code, event.seq)
         in_batch[change.request_id] = accepted
         outcomes.append(accepted)
-        access.append(_access(call, now, change.request_id, _subjects(change, event), "OK"))
+        subjects.extend(_subjects(change, event))
 
+    if subjects:
+        # One entry for the accepted changes of this message (it is one request), one per refusal.
+        access.append(_access(call, now, call.request_id, subjects, "OK"))
     if events:
         tx.insert_events(events, request_ids)
         tx.upsert_registrations(_latest(events))

@@ -16,23 +16,34 @@ def from_us(micros: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
-def event_row(event: ChangeEvent, request_id: str | None = None) -> dict[str, Any]:
+EVENT_COLUMNS = (
+    "origin", "seq", "resident_code", "previous_code", "reason", "effective_date", "recorded_us",
+    "name", "alias", "birth_date", "sex", "address", "request_id",
+)  # fmt: skip
+REGISTRATION_COLUMNS = (
+    "resident_code", "municipality", "active", "reason", "effective_date", "recorded_us", "seq", "replaced_by",
+    "name", "alias", "birth_date", "sex", "address",
+)  # fmt: skip
+
+
+def event_tuple(event: ChangeEvent, request_id: str | None = None) -> tuple[object, ...]:
+    """Values in EVENT_COLUMNS order."""
     items = event.items
-    return {
-        "origin": event.origin,
-        "seq": event.seq,
-        "resident_code": event.resident_code,
-        "previous_code": event.previous_code,
-        "reason": int(event.reason),
-        "effective_date": event.effective_date.isoformat(),
-        "recorded_us": to_us(event.recorded_at),
-        "name": items.name,
-        "alias": items.alias,
-        "birth_date": items.birth_date.isoformat(),
-        "sex": int(items.sex),
-        "address": items.address,
-        "request_id": request_id,
-    }
+    return (
+        event.origin, event.seq, event.resident_code, event.previous_code, int(event.reason),
+        event.effective_date.isoformat(), to_us(event.recorded_at), items.name, items.alias,
+        items.birth_date.isoformat(), int(items.sex), items.address, request_id,
+    )  # fmt: skip
+
+
+def registration_tuple(reg: Registration) -> tuple[object, ...]:
+    """Values in REGISTRATION_COLUMNS order."""
+    items = reg.items
+    return (
+        reg.resident_code, reg.municipality, reg.active, int(reg.reason), reg.effective_date.isoformat(),
+        to_us(reg.recorded_at), reg.seq, reg.replaced_by, items.name, items.alias, items.birth_date.isoformat(),
+        int(items.sex), items.address,
+    )  # fmt: skip
 
 
 def items_from(row: Any) -> IdentityItems:
@@ -56,25 +67,6 @@ def event_from(row: Any) -> ChangeEvent:
         recorded_at=from_us(row.recorded_us),
         items=items_from(row),
     )
-
-
-def registration_row(reg: Registration) -> dict[str, Any]:
-    items = reg.items
-    return {
-        "resident_code": reg.resident_code,
-        "municipality": reg.municipality,
-        "active": reg.active,
-        "reason": int(reg.reason),
-        "effective_date": reg.effective_date.isoformat(),
-        "recorded_us": to_us(reg.recorded_at),
-        "seq": reg.seq,
-        "replaced_by": reg.replaced_by,
-        "name": items.name,
-        "alias": items.alias,
-        "birth_date": items.birth_date.isoformat(),
-        "sex": int(items.sex),
-        "address": items.address,
-    }
 
 
 def registration_from(row: Any) -> Registration:

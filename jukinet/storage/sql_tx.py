@@ -4,16 +4,29 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, delete, func, select
 
 from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import rows
-from jukinet.storage.schema import access_log, event, free_code, registration
+from jukinet.storage.schema import event, free_code, registration
 
 _IN_CHUNK = 500  # bound parameter lists (SQLite allows 32,766 variables; keep statements small)
-_REG_UPDATABLE = [c.name for c in registration.columns if c.name not in ("resident_code", "municipality")]
+
+
+def _insert_sql(table: str, columns: Sequence[str]) -> str:
+    # Built once at import from constant table and column names, never from input.
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
+
+
+_INSERT_EVENT = _insert_sql("event", rows.EVENT_COLUMNS)
+_INSERT_ACCESS = _insert_sql(
+    "access_log", ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome")
+)
+_UPSERT_REGISTRATION = _insert_sql("registration", rows.REGISTRATION_COLUMNS) + (
+    " ON CONFLICT (resident_code, municipality) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in rows.REGISTRATION_COLUMNS[2:])
+)
 
 
 def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
@@ -27,45 +40,41 @@ class SqlTx:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._dialect = conn.dialect.name
+        self._placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
     def head_seq(self, origin: str) -> int:
         value = self.conn.execute(select(func.max(event.c.seq)).where(event.c.origin == origin)).scalar()
         return int(value or 0)
 
+    # Hot paths use the driver's executemany with plain tuples: SQLAlchemy Core's per-row parameter
+    # processing costs about twice the insert itself here (see STACK-LIMITS.md and bench/relay.py).
+    def _executemany(self, sql: str, values: list[tuple[object, ...]]) -> None:
+        if values:
+            if self._placeholder != "?":
+                sql = sql.replace("?", self._placeholder)
+            self.conn.exec_driver_sql(sql, values)  # a list of tuples: the driver's executemany
+
     def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None:
-        if not events:
-            return
         ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(events)
-        self.conn.execute(insert(event), [rows.event_row(e, r) for e, r in zip(events, ids, strict=True)])
+        self._executemany(_INSERT_EVENT, [rows.event_tuple(e, r) for e, r in zip(events, ids, strict=True)])
 
     def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
-        values = [rows.registration_row(r) for r in registrations]
-        if not values:
-            return
-        stmt: Any = (postgresql if self._dialect == "postgresql" else sqlite).insert(registration)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["resident_code", "municipality"],
-            set_={name: stmt.excluded[name] for name in _REG_UPDATABLE},
-        )
-        self.conn.execute(stmt, values)
+        self._executemany(_UPSERT_REGISTRATION, [rows.registration_tuple(r) for r in registrations])
 
     def append_access(self, entries: Sequence[AccessEntry]) -> None:
-        if not entries:
-            return
-        self.conn.execute(
-            insert(access_log),
+        self._executemany(
+            _INSERT_ACCESS,
             [
-                {
-                    "at_us": rows.to_us(e.at),
-                    "request_id": e.request_id[:128],
-                    "direction": e.direction,
-                    "peer": e.peer[:200],
-                    "method": e.method[:120],
-                    "purpose": e.purpose[:64],
-                    "subjects": " ".join(e.subjects),
-                    "outcome": e.outcome[:32],
-                }
+                (
+                    rows.to_us(e.at),
+                    e.request_id[:128],
+                    e.direction,
+                    e.peer[:200],
+                    e.method[:120],
+                    e.purpose[:64],
+                    " ".join(e.subjects),
+                    e.outcome[:32],
+                )
                 for e in entries
             ],
         )
@@ -105,7 +114,11 @@ class SqlTx:
             self.conn.execute(delete(free_code).where(free_code.c.resident_code.in_(chunk)))
 
     def events_after(self, origin: str, after_seq: int, limit: int) -> list[ChangeEvent]:
+        return [rows.event_from(row) for row in self.event_rows_after(origin, after_seq, limit)]
+
+    def event_rows_after(self, origin: str, after_seq: int, limit: int) -> list[Row[Any]]:
+        """Raw rows for the relay sender, which turns them into protobuf without a domain round trip."""
         query = (
             select(event).where(event.c.origin == origin, event.c.seq > after_seq).order_by(event.c.seq).limit(limit)
         )
-        return [rows.event_from(row) for row in self.conn.execute(query)]
+        return list(self.conn.execute(query))

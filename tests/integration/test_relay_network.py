@@ -114,7 +114,9 @@ async def test_a_bad_record_in_a_stream_is_refused_alone(net: Net) -> None:
     assert [results[0].seq, results[3].seq] == [1, 2]
     log = await net.municipality.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=10))
     served = [e for _, e in log if e.method.endswith("RecordChanges")]
-    assert sorted(e.outcome for e in served) == ["INVALID_ARGUMENT", "INVALID_ARGUMENT", "OK", "OK"]
+    assert sorted(e.outcome for e in served) == ["INVALID_ARGUMENT", "INVALID_ARGUMENT", "OK"]
+    (accepted,) = [e for e in served if e.outcome == "OK"]
+    assert list(accepted.subjects) == [results[0].resident_code, results[3].resident_code]
     assert all(e.peer == "jukinet://register/132080" for e in served)
 
 
