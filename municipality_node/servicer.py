@@ -10,12 +10,12 @@ from jukinet.domain.errors import CodePoolExhausted, InvalidField
 from jukinet.domain.model import RegisterChange
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
-from jukinet.rpc.convert import outcome_to_pb, register_change_from_pb, register_change_or_refusal
+from jukinet.rpc.convert import event_to_pb, outcome_to_pb, register_change_from_pb, register_change_or_refusal
 from jukinet.rpc.guard import AlreadyLogged, Guard
 from jukinet.services.intake import Accepted, Outcome, Refused, record_changes
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, Store
-from jukinet.wire.v1 import register_pb2, register_pb2_grpc
+from jukinet.wire.v1 import register_pb2, register_pb2_grpc, types_pb2
 
 MAX_CHANGES_PER_MESSAGE = 5000
 
@@ -27,7 +27,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         store: Store,
         guard: Guard,
         metrics: NodeMetrics,
-        on_recorded: Callable[[int], None],
+        on_recorded: Callable[[int, Sequence[types_pb2.ChangeEvent]], None],
         on_pool_exhausted: Callable[[], None],
     ) -> None:
         self._origin = origin
@@ -39,7 +39,8 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
 
     async def _record(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> list[Outcome]:
         now = dt.datetime.now(dt.UTC)
-        outcomes = await self._store.write(lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now))
+        result = await self._store.write(lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now))
+        outcomes = result.outcomes
         accepted = [o for o in outcomes if isinstance(o, Accepted)]
         self._metrics.changes_received.inc(len(changes))
         self._metrics.changes_applied.inc(len(accepted))
@@ -48,8 +49,8 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
             if isinstance(outcome, Refused):
                 self._metrics.changes_refused.labels(outcome.error.reason).inc()
                 exhausted = exhausted or isinstance(outcome.error, CodePoolExhausted)
-        if accepted:
-            self._on_recorded(max(o.seq for o in accepted))
+        if result.events:
+            self._on_recorded(result.events[-1].seq, [event_to_pb(e) for e in result.events])
         if exhausted:
             self._on_pool_exhausted()
         return outcomes

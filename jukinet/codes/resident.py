@@ -8,14 +8,15 @@ weights 2,3,4,5,6,7,2,3,4,5 from the right, r = S mod 11, check = 0 if r <= 1 el
 from typing import Final
 
 RESIDENT_CODE_SCHEME: Final = "mod11-w2-7-unverified"
-_WEIGHTS_FROM_RIGHT: Final = (2, 3, 4, 5, 6, 7, 2, 3, 4, 5)
+_WEIGHTS_FROM_RIGHT: Final = (2, 3, 4, 5, 6, 7, 2, 3, 4, 5)  # unrolled below, leftmost digit first
 
 
 def resident_check_digit(body: str) -> int:
     """The check digit for a 10-digit body; raises ValueError for anything else."""
     if len(body) != 10 or not body.isascii() or not body.isdigit():
         raise ValueError(f"resident code body must be 10 ASCII digits, got {body!r}")
-    total = sum(int(d) * w for d, w in zip(reversed(body), _WEIGHTS_FROM_RIGHT, strict=True))
+    d = [ord(c) - 48 for c in body]  # on every relay edge: keep it cheap
+    total = 5 * d[0] + 4 * d[1] + 3 * d[2] + 2 * d[3] + 7 * d[4] + 6 * d[5] + 5 * d[6] + 4 * d[7] + 3 * d[8] + 2 * d[9]
     remainder = total % 11
     return 0 if remainder <= 1 else 11 - remainder
 

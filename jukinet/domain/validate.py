@@ -27,6 +27,7 @@ from jukinet.domain.model import (
 )
 
 JST = ZoneInfo("Asia/Tokyo")
+_ONE_DAY = dt.timedelta(days=1)
 MAX_NAME_CHARS = 100
 MAX_ADDRESS_CHARS = 200
 MAX_REQUEST_ID_CHARS = 64
@@ -209,8 +210,9 @@ def change_event(
     items: IdentityItems,
     today: dt.date | None = None,
 ) -> ChangeEvent:
-    """A relayed event, checked again at the receiving edge."""
-    where = f"event {origin}#{seq}: "
+    """A relayed event, checked again at the receiving edge. `origin` must already be validated
+    (jukinet.domain.validate.local_gov_code), once per batch."""
+    where = f"event {origin}#{seq}: "  # origin: already validated once for the whole batch
     if seq < 1:
         raise InvalidField(f"{where}seq", "must be 1 or more")
     why = reason(f"{where}reason", reason_value)
@@ -220,7 +222,7 @@ def change_event(
     elif previous_code:
         raise InvalidField(f"{where}previous_code", "is only allowed on a code change")
     return ChangeEvent(
-        origin=local_gov_code("origin", origin),
+        origin=origin,
         seq=seq,
         resident_code=resident_code(f"{where}resident_code", resident_code_value),
         previous_code=previous,

@@ -54,10 +54,13 @@ def register_change_or_refusal(pb: register_pb2.RegisterChange) -> RegisterChang
         return Refused(pb.request_id[:64], error)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def timestamp(instant: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(instant)
-    return ts
+    micros = (instant - _EPOCH) // _MICROSECOND
+    return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
 def event_to_pb(event: ChangeEvent) -> types_pb2.ChangeEvent:

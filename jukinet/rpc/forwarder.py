@@ -11,7 +11,7 @@ import datetime as dt
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -26,10 +26,11 @@ from jukinet.rpc.convert import event_row_to_pb
 from jukinet.rpc.guard import REQUEST_ID_KEY
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store, queries
-from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
+from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc, types_pb2
 
 log = structlog.get_logger(__name__)
 RPC_TIMEOUT_S = 10.0
+RECENT_LIMIT = 50_000  # events kept in memory after commit so the sender need not read them back
 
 
 class Forwarder:
@@ -55,15 +56,40 @@ class Forwarder:
         self._heads: dict[str, int] = dict(origins or {})
         self._acked: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._recent: dict[str, dict[int, list[types_pb2.ChangeEvent]]] = {}
+        self._recent_size = 0
         self._heads_loaded = origins is not None
         self.connected = False
 
-    def notify(self, origin: str, head_seq: int) -> None:
-        """Called after a local commit: there is something new to send."""
+    def notify(self, origin: str, head_seq: int, events: Sequence[types_pb2.ChangeEvent] = ()) -> None:
+        """Called after a local commit: there is something new to send. `events`, when given, are the
+        committed events themselves (consecutive), kept briefly so the sender need not read them back."""
         if head_seq > self._heads.get(origin, 0):
             self._heads[origin] = head_seq
+        if events:
+            self._recent.setdefault(origin, {})[events[0].seq] = list(events)
+            self._recent_size += len(events)
+            while self._recent_size > RECENT_LIMIT:
+                self._evict_one()
         self._update_depth()
         self._wake.set()
+
+    def _evict_one(self) -> None:
+        for bucket in self._recent.values():
+            if bucket:
+                first = next(iter(bucket))
+                self._recent_size -= len(bucket.pop(first))
+                return
+        self._recent_size = 0
+
+    def _take_recent(self, origin: str, first_seq: int) -> list[types_pb2.ChangeEvent] | None:
+        """Consecutive cached events from first_seq on (joining small batches up to the batch size)."""
+        bucket = self._recent.get(origin, {})
+        batch: list[types_pb2.ChangeEvent] = []
+        while len(batch) < self._batch_size and (part := bucket.pop(first_seq + len(batch), None)) is not None:
+            self._recent_size -= len(part)
+            batch.extend(part)
+        return batch or None
 
     def forwarded(self) -> dict[str, int]:
         return dict(self._acked)
@@ -176,15 +202,17 @@ class Forwarder:
                     reader.result()
                     raise ConnectionError("relay stream ack reader stopped")
                 after = sent.get(origin, 0)
-                events = await self._store.read(partial(_event_rows_after, origin, after, self._batch_size))
-                if not events:
+                batch = self._take_recent(origin, after + 1)
+                if batch is None:
+                    rows = await self._store.read(partial(_event_rows_after, origin, after, self._batch_size))
+                    batch = [event_row_to_pb(row) for row in rows]
+                if not batch:
                     slots.release()
                     continue
-                request = relay_pb2.PushEventsRequest(origin=origin, events=[event_row_to_pb(e) for e in events])
-                first, last = events[0], events[-1]
-                inflight.append(
-                    (origin, first.seq, last.seq, first.recorded_us / 1e6, [e.resident_code for e in events])
-                )
+                request = relay_pb2.PushEventsRequest(origin=origin, events=batch)
+                first, last = batch[0], batch[-1]
+                oldest = first.recorded_time.seconds + first.recorded_time.nanos / 1e9
+                inflight.append((origin, first.seq, last.seq, oldest, [e.resident_code for e in batch]))
                 await call.write(request)
                 sent[origin] = last.seq
             await call.done_writing()

@@ -2,7 +2,7 @@
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -11,14 +11,14 @@ from sqlalchemy import Connection
 
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.model import ChangeEvent
-from jukinet.domain.validate import local_gov_code
+from jukinet.domain.validate import local_gov_code, today_jst
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import event_from_pb
 from jukinet.rpc.guard import Guard
 from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
 from jukinet.storage import SqlTx, Store
-from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
+from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc, types_pb2
 
 MAX_BATCH = 5000
 
@@ -29,7 +29,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         store: Store,
         guard: Guard,
         metrics: NodeMetrics,
-        on_applied: Callable[[str, int], None] = lambda origin, seq: None,
+        on_applied: Callable[[str, int, Sequence[types_pb2.ChangeEvent]], None] = lambda origin, seq, events: None,
     ) -> None:
         self._store = store
         self._guard = guard
@@ -49,7 +49,8 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 authz.check_origin(call.caller, origin)
                 if len(request.events) > MAX_BATCH:
                     raise InvalidField("events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}")
-                events = [event_from_pb(origin, pb) for pb in request.events]
+                today = today_jst()
+                events = [event_from_pb(origin, pb, today=today) for pb in request.events]
                 self._metrics.changes_received.inc(len(events))
                 now = dt.datetime.now(dt.UTC)
                 lock = self._origin_locks.setdefault(origin, asyncio.Lock())
@@ -58,7 +59,8 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 self._metrics.changes_applied.inc(outcome.applied)
                 self._metrics.changes_duplicate.inc(outcome.duplicates)
                 if outcome.applied:
-                    self._on_applied(origin, outcome.acked_seq)
+                    fresh = [pb for pb in request.events if pb.seq > outcome.acked_seq - outcome.applied]
+                    self._on_applied(origin, outcome.acked_seq, fresh)
                 yield relay_pb2.PushEventsResponse(origin=origin, acked_seq=outcome.acked_seq)
 
     async def GetCursors(

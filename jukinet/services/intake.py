@@ -36,6 +36,12 @@ class Refused:
 Outcome = Accepted | Refused
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    outcomes: list[Outcome]  # one per change, in order
+    events: list[ChangeEvent]  # the events recorded (committed with the caller's transaction)
+
+
 def _needs_new_code(change: RegisterChange) -> bool:
     if change.reason is ChangeReason.CODE_CHANGE:
         return True
@@ -48,7 +54,7 @@ def record_changes(
     changes: Sequence[RegisterChange | Refused],
     call: CallInfo,
     now: dt.datetime,
-) -> list[Outcome]:
+) -> IntakeResult:
     """Records each valid change as the next event of `origin`; refuses the others one by one.
 
     `changes` may already contain Refused items (bad at the edge): they are logged and answered in
@@ -104,7 +110,7 @@ def record_changes(
     if used_codes:
         tx.remove_free_codes(used_codes)
     tx.append_access(access)
-    return outcomes
+    return IntakeResult(outcomes, events)
 
 
 def _latest(events: Sequence[ChangeEvent]) -> list[Registration]:
