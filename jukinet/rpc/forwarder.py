@@ -142,6 +142,15 @@ class Forwarder:
             reply = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=origins), timeout=RPC_TIMEOUT_S)
             for cursor in reply.cursors:
                 self._acked[cursor.origin] = cursor.acked_seq
+            made = AccessEntry(
+                at=dt.datetime.now(dt.UTC),
+                request_id=uuid.uuid4().hex,
+                peer=self._upstream_identity,
+                method=authz.GET_CURSORS,
+                outcome="OK",
+                direction="made",
+            )
+            await self._store.write(partial(_append_access, made))
         self._set_connected(True)
         self._update_depth()
         log.info("relay_session_open", upstream=self._upstream, cursors=dict(self._acked))
