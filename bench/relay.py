@@ -86,7 +86,7 @@ CEILING_LIMIT_S = 10 * 60
 START_LIMIT_S = 120.0
 PRELOAD_TXN_ROWS = 10_000
 PRELOAD_BLOCK = 100_000  # codes per synthetic code_block row of the preload
-CODEPOOL_CONFIG = "\n[codepool]\nrefill_below = 50000\nblock_size = 100000\n"
+CODEPOOL_CONFIG = "\n[codepool]\nrefill_below = 150000\nblock_size = 100000\n"  # 200k codes before the run
 POOL_EXHAUSTED = "CODE_POOL_EXHAUSTED"
 SCRIPT = Path(__file__).resolve()
 

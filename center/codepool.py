@@ -32,7 +32,7 @@ def random_code() -> str:
 def _already_issued(conn: Connection, candidates: Sequence[str]) -> set[str]:
     found: set[str] = set()
     iterator = iter(candidates)
-    while chunk := list(islice(iterator, 500)):
+    while chunk := list(islice(iterator, 5000)):
         query = select(issued_code.c.resident_code).where(issued_code.c.resident_code.in_(chunk))
         found.update(conn.execute(query).scalars())
     return found
@@ -70,7 +70,7 @@ def allocate(
             }
         ],
     )
-    conn.execute(insert(issued_code), [{"resident_code": c, "block_id": block_id} for c in codes])
+    SqlTx(conn).insert_code_rows("issued_code", codes, block_id)
     SqlTx(conn).append_access(
         [
             AccessEntry(

@@ -105,7 +105,7 @@ class CodePoolKeeper:
                     }
                 ],
             )
-            conn.execute(insert(free_code), [{"resident_code": c, "block_id": reply.block_id} for c in codes])
+            SqlTx(conn).insert_code_rows("free_code", codes, reply.block_id)
             SqlTx(conn).append_access(
                 [
                     AccessEntry(

@@ -23,6 +23,7 @@ _INSERT_EVENT = _insert_sql("event", rows.EVENT_COLUMNS)
 _INSERT_ACCESS = _insert_sql(
     "access_log", ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome")
 )
+_INSERT_CODE = {t: _insert_sql(t, ("resident_code", "block_id")) for t in ("issued_code", "free_code")}
 _UPSERT_REGISTRATION = _insert_sql("registration", rows.REGISTRATION_COLUMNS) + (
     " ON CONFLICT (resident_code, municipality) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in rows.REGISTRATION_COLUMNS[2:])
@@ -78,6 +79,10 @@ class SqlTx:
                 for e in entries
             ],
         )
+
+    def insert_code_rows(self, table: str, codes: Sequence[str], block_id: str) -> None:
+        """Adds up to 100,000 (code, block) rows to issued_code (center) or free_code (municipality)."""
+        self._executemany(_INSERT_CODE[table], [(code, block_id) for code in codes])
 
     def registrations_at(self, codes: Iterable[str], municipality: str) -> dict[str, Registration]:
         found: dict[str, Registration] = {}
