@@ -17,7 +17,7 @@ from jukinet.domain.model import (
 )
 from jukinet.domain.registry_state import registrations_from
 from jukinet.services.ports import AccessEntry, IntakeTx
-from jukinet.services.relay import CallInfo
+from jukinet.services.relay import CallInfo, latest_registrations
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +106,11 @@ def record_changes(
         access.append(_access(call, now, call.request_id, subjects, "OK"))
     if events:
         tx.insert_events(events, request_ids)
-        tx.upsert_registrations(_latest(events))
+        tx.upsert_registrations(latest_registrations(events))
     if used_codes:
         tx.remove_free_codes(used_codes)
     tx.append_access(access)
     return IntakeResult(outcomes, events)
-
-
-def _latest(events: Sequence[ChangeEvent]) -> list[Registration]:
-    latest: dict[str, Registration] = {}
-    for event in events:
-        for reg in registrations_from(event):
-            latest[reg.resident_code] = reg
-    return list(latest.values())
 
 
 def _event_for(
