@@ -43,7 +43,8 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         outcomes = result.outcomes
         accepted = [o for o in outcomes if isinstance(o, Accepted)]
         self._metrics.changes_received.inc(len(changes))
-        self._metrics.changes_applied.inc(len(accepted))
+        self._metrics.changes_applied.inc(len(result.events))
+        self._metrics.changes_duplicate.inc(len(accepted) - len(result.events))  # replayed request ids
         exhausted = False
         for outcome in outcomes:
             if isinstance(outcome, Refused):

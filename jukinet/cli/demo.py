@@ -4,7 +4,6 @@ realistic synthetic resident changes over mutually authenticated TLS, ending wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
 from collections import defaultdict
@@ -230,9 +229,11 @@ def demo(
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     ok = False
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            ok = asyncio.run(run_demo(directory.resolve(), residents, changes, seed))
-        except (RuntimeError, grpc.aio.AioRpcError) as error:
-            console.print(f"[red]demo failed:[/red] {error}")
+    try:
+        ok = asyncio.run(run_demo(directory.resolve(), residents, changes, seed))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: every node was stopped; data and logs stay in {directory}/")
+        raise typer.Exit(130) from None
+    except (RuntimeError, grpc.aio.AioRpcError) as error:
+        console.print(f"[red]demo failed:[/red] {error}")
     raise typer.Exit(0 if ok else 1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,11 @@ async def digests(net: Net, origin: str = "132080") -> list[queries.Digest]:
     ]
 
 
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
     ch, stub = register_stub(net)
     async with ch:
@@ -87,6 +94,12 @@ async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
         return d[2].head_seq == 2 and len({x.sha256 for x in d}) == 1
 
     await eventually(caught_up)
+    for node, forwarded in ((net.municipality, 2), (net.prefecture, 2), (net.center, 0)):
+        scraped = await asyncio.to_thread(_scrape, node.metrics_port)
+        assert "jukinet_changes_applied_total 2.0" in scraped
+        assert f"jukinet_changes_forwarded_total {forwarded}.0" in scraped
+        assert "jukinet_outbox_depth 0.0" in scraped
+    assert "jukinet_changes_duplicate_total 1.0" in await asyncio.to_thread(_scrape, net.municipality.metrics_port)
     regs = await net.center.ctx.store.read(lambda c: SqlTx(c).registrations_of([code]))
     record = current_record(regs[code])
     assert record is not None
