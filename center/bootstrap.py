@@ -3,6 +3,8 @@
 import grpc
 
 from center.codepool import CodePoolServicer
+from center.provision_servicer import ProvisionServicer
+from jukinet.config import load_agencies
 from jukinet.rpc import authz
 from jukinet.rpc.admin_servicer import AdminServicer
 from jukinet.rpc.guard import Guard
@@ -13,6 +15,8 @@ from jukinet.wire.v1 import (
     admin_pb2_grpc,
     codepool_pb2,
     codepool_pb2_grpc,
+    provision_pb2,
+    provision_pb2_grpc,
     relay_pb2,
     relay_pb2_grpc,
 )
@@ -22,11 +26,13 @@ def build(ctx: NodeContext) -> NodeParts:
     guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY)
     relay = RelayServicer(ctx.store, guard, ctx.metrics)
     codepool = CodePoolServicer(ctx.store, guard)
+    provision = ProvisionServicer(ctx.store, guard, load_agencies(ctx.config.agencies))
     admin = AdminServicer(ctx.config.identity, ctx.store, guard)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
         codepool_pb2_grpc.add_CodePoolServiceServicer_to_server(codepool, server)
+        provision_pb2_grpc.add_ProvisionServiceServicer_to_server(provision, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
 
     return NodeParts(
@@ -34,6 +40,7 @@ def build(ctx: NodeContext) -> NodeParts:
         service_names=[
             relay_pb2.DESCRIPTOR.services_by_name["RelayService"].full_name,
             codepool_pb2.DESCRIPTOR.services_by_name["CodePoolService"].full_name,
+            provision_pb2.DESCRIPTOR.services_by_name["ProvisionService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         ],
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jukinet.codes import valid_local_gov_code
+from jukinet.domain.agency import PROVIDABLE_FIELDS, Agency, AgencyRegistry, Purpose
 from jukinet.domain.identity import NodeId, Role
 
 KINDS = {"municipality": Role.MUNICIPALITY, "prefecture": Role.PREFECTURE, "center": Role.CENTER}
@@ -47,6 +48,7 @@ class NodeConfig:
     batch_size: int = 2000
     window: int = 4
     log_level: str = "info"
+    agencies: Path | None = None  # center only: the agency registry (TOML)
 
     @property
     def identity(self) -> NodeId:
@@ -106,4 +108,41 @@ def load_config(path: Path) -> NodeConfig:
         batch_size=_get(relay, "batch_size", int, f"{path}[relay]", 2000),
         window=_get(relay, "window", int, f"{path}[relay]", 4),
         log_level=_get(node, "log_level", str, where, "info"),
+        agencies=_relative(base, _get(node, "agencies", str, where, "")),
     )
+
+
+def _relative(base: Path, value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def load_agencies(path: Path | None) -> AgencyRegistry:
+    """The center's agency registry; an empty registry (nobody granted anything) without a file."""
+    if path is None:
+        return AgencyRegistry({})
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such agency registry file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    agencies: dict[str, Agency] = {}
+    for agency_id, table in data.get("agencies", {}).items():
+        where = f"{path}[agencies.{agency_id}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        purposes: dict[str, Purpose] = {}
+        for entry in table.get("purposes", []):
+            purpose_id = _get(entry, "id", str, f"{where}.purposes")
+            fields = _get(entry, "fields", list, f"{where}.purposes[{purpose_id}]")
+            unknown = set(fields) - set(PROVIDABLE_FIELDS)
+            if unknown:
+                raise ConfigError(
+                    f"{where}.purposes[{purpose_id}].fields: unknown {sorted(unknown)}; use {list(PROVIDABLE_FIELDS)}"
+                )
+            purposes[purpose_id] = Purpose(purpose_id, _get(entry, "name", str, where, purpose_id), frozenset(fields))
+        agencies[agency_id] = Agency(agency_id, _get(table, "name", str, where, agency_id), purposes)
+    return AgencyRegistry(agencies)

@@ -36,6 +36,13 @@ class UnauthenticatedError(JukinetError):
     code = "UNAUTHENTICATED"
 
 
+class NotFoundError(JukinetError):
+    """Nothing is recorded under the given key."""
+
+    reason = "NOT_FOUND"
+    code = "NOT_FOUND"
+
+
 class NotRegistered(JukinetError):
     """The resident is not (or no longer) registered at this municipality."""
 

@@ -12,6 +12,7 @@ ALLOCATE_CODES = _PKG + "CodePoolService/AllocateCodes"
 GET_STATUS = _PKG + "AdminService/GetStatus"
 GET_DIGEST = _PKG + "AdminService/GetDigest"
 LIST_ACCESS_LOG = _PKG + "AdminService/ListAccessLog"
+LOOKUP_RESIDENT = _PKG + "ProvisionService/LookupResident"
 
 _OPERATOR = frozenset({Role.OPERATOR})
 _ADMIN = {GET_STATUS: _OPERATOR, GET_DIGEST: _OPERATOR, LIST_ACCESS_LOG: _OPERATOR}
@@ -31,6 +32,7 @@ CENTER_POLICY = {
     PUSH_EVENTS: frozenset({Role.PREFECTURE}),
     GET_CURSORS: frozenset({Role.PREFECTURE}),
     ALLOCATE_CODES: frozenset({Role.PREFECTURE}),
+    LOOKUP_RESIDENT: frozenset({Role.AGENCY}),
     **_ADMIN,
 }
 

@@ -47,7 +47,9 @@ class Guard:
         self._policy = policy
 
     @asynccontextmanager
-    async def call(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> AsyncIterator[Call]:
+    async def call(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, *, purpose: str = ""
+    ) -> AsyncIterator[Call]:
         started = time.perf_counter()
         short = method.rsplit("/", 1)[-1]
         peer = ""
@@ -68,7 +70,7 @@ class Guard:
             await context.abort(code, str(logged.error))
         except JukinetError as error:
             code = grpc.StatusCode[error.code]
-            await self._refuse(context, method, peer, request_id, code, str(error))
+            await self._refuse(context, method, peer, request_id, code, str(error), purpose)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -95,6 +97,7 @@ class Guard:
         request_id: str,
         code: grpc.StatusCode,
         message: str,
+        purpose: str = "",
     ) -> None:
         entry = AccessEntry(
             at=dt.datetime.now(dt.UTC),
@@ -102,6 +105,7 @@ class Guard:
             peer=peer or _transport_peer(context),
             method=method,
             outcome=code.name,
+            purpose=purpose,
         )
         try:
             await self._store.write(lambda conn: SqlTx(conn).append_access([entry]))

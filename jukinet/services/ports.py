@@ -23,6 +23,18 @@ class AccessEntry:
     subjects: Sequence[str] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True, slots=True)
+class ProvisionEntry:
+    """One record provided to an agency."""
+
+    at: dt.datetime
+    request_id: str
+    agency: str
+    purpose: str
+    resident_code: str
+    fields: Sequence[str]
+
+
 class RelayTx(Protocol):
     """One open transaction on a node's relay tables."""
 
@@ -47,3 +59,17 @@ class IntakeTx(RelayTx, Protocol):
     def peek_free_codes(self, limit: int) -> list[str]: ...
 
     def remove_free_codes(self, codes: Sequence[str]) -> None: ...
+
+
+class ProvisionTx(Protocol):
+    """The center's transaction for provision to agencies."""
+
+    def registrations_of(self, codes: Iterable[str]) -> dict[str, list[Registration]]: ...
+
+    def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
+        """Events recorded under any of the codes, oldest first."""
+        ...
+
+    def append_provisions(self, entries: Sequence[ProvisionEntry]) -> None: ...
+
+    def append_access(self, entries: Sequence[AccessEntry]) -> None: ...

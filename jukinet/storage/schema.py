@@ -109,3 +109,17 @@ issued_code = Table(
     Column("block_id", String(40), nullable=False),
 )
 Index("ix_issued_code_block", issued_code.c.block_id)
+
+# Center: every record provided to an agency (who received whose data, when, for what, which fields).
+provision_log = Table(
+    "provision_log",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("at_us", BigInteger, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("agency", String(64), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("resident_code", String(11), nullable=False),
+    Column("fields", String(100), nullable=False),  # space-separated PROVIDABLE_FIELDS
+)
+Index("ix_provision_log_resident_code", provision_log.c.resident_code)

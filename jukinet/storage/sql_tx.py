@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, func, select
 
 from jukinet.domain.model import ChangeEvent, Registration
-from jukinet.services.ports import AccessEntry
+from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.storage import rows
 from jukinet.storage.schema import event, free_code, registration
 
@@ -22,6 +22,9 @@ def _insert_sql(table: str, columns: Sequence[str]) -> str:
 _INSERT_EVENT = _insert_sql("event", rows.EVENT_COLUMNS)
 _INSERT_ACCESS = _insert_sql(
     "access_log", ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome")
+)
+_INSERT_PROVISION = _insert_sql(
+    "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields")
 )
 _INSERT_CODE = {t: _insert_sql(t, ("resident_code", "block_id")) for t in ("issued_code", "free_code")}
 _UPSERT_REGISTRATION = _insert_sql("registration", rows.REGISTRATION_COLUMNS) + (
@@ -79,6 +82,23 @@ class SqlTx:
                 for e in entries
             ],
         )
+
+    def append_provisions(self, entries: Sequence[ProvisionEntry]) -> None:
+        self._executemany(
+            _INSERT_PROVISION,
+            [
+                (rows.to_us(e.at), e.request_id[:128], e.agency, e.purpose, e.resident_code, " ".join(e.fields))
+                for e in entries
+            ],
+        )
+
+    def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
+        found = []
+        for chunk in _chunks(codes):
+            found += [
+                rows.event_from(row) for row in self.conn.execute(select(event).where(event.c.resident_code.in_(chunk)))
+            ]
+        return sorted(found, key=lambda e: (e.recorded_at, e.origin, e.seq))
 
     def insert_code_rows(self, table: str, codes: Sequence[str], block_id: str) -> None:
         """Adds up to 100,000 (code, block) rows to issued_code (center) or free_code (municipality)."""

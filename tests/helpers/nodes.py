@@ -24,7 +24,13 @@ BUILDERS = {
 }
 
 
-async def start(kind: str, code: str, database: str, pki_dir: Path, upstream: str = "") -> RunningNode:
+REPO = Path(__file__).resolve().parents[2]
+AGENCIES = REPO / "deploy" / "agencies.toml"
+
+
+async def start(
+    kind: str, code: str, database: str, pki_dir: Path, upstream: str = "", agencies: Path | None = None
+) -> RunningNode:
     config = NodeConfig(
         kind=kind,
         code=code,
@@ -35,6 +41,7 @@ async def start(kind: str, code: str, database: str, pki_dir: Path, upstream: st
         refill_below=50,
         block_size=200,
         batch_size=500,
+        agencies=agencies,
     )
     return await start_node(config, BUILDERS[kind])
 

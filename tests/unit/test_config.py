@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from jukinet.config import ConfigError, load_config
+from jukinet.config import ConfigError, load_agencies, load_config
+from jukinet.domain.errors import PermissionDeniedError
+from jukinet.domain.identity import NodeId, Role
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 
@@ -30,3 +32,21 @@ def test_mistakes_are_reported_clearly(tmp_path: Path, text: str, problem: str) 
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=problem):
         load_config(path)
+
+
+def test_the_shipped_agency_registry_grants_purposes_with_their_fields() -> None:
+    registry = load_agencies(EXAMPLES.parent / "agencies.toml")
+    agency, purpose = registry.purpose_for(NodeId(Role.AGENCY, "pension"), "pension-proof-of-life")
+    assert agency.id == "pension"
+    assert purpose.fields == {"name", "birth_date", "address"}
+    with pytest.raises(PermissionDeniedError, match="not granted"):
+        registry.purpose_for(NodeId(Role.AGENCY, "pension"), "passport-issue")
+    with pytest.raises(PermissionDeniedError, match="not registered"):
+        registry.purpose_for(NodeId(Role.AGENCY, "unknown"), "pension-benefit")
+
+
+def test_an_agency_registry_with_an_unknown_field_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agencies.toml"
+    path.write_text('[agencies.a]\nname = "A"\n[[agencies.a.purposes]]\nid = "p"\nfields = ["household"]\n')
+    with pytest.raises(ConfigError, match="unknown"):
+        load_agencies(path)

@@ -1,8 +1,8 @@
-"""Only 本人確認情報 crosses the tiers: walk the relay descriptors against a whitelist."""
+"""Only 本人確認情報 crosses the tiers (relay) and reaches agencies (provision): walk the descriptors."""
 
 from google.protobuf.descriptor import Descriptor
 
-from jukinet.wire.v1 import relay_pb2, types_pb2
+from jukinet.wire.v1 import provision_pb2, relay_pb2, types_pb2
 
 ALLOWED_FIELDS = {
     "jukinet.wire.v1.PushEventsRequest": {"origin", "events"},
@@ -21,6 +21,24 @@ ALLOWED_FIELDS = {
     },
     "jukinet.wire.v1.IdentityItems": {"name", "alias", "birth_date", "sex", "address"},
     "google.protobuf.Timestamp": {"seconds", "nanos"},
+    # center -> agency
+    "jukinet.wire.v1.LookupResidentRequest": {"purpose", "resident_code"},
+    "jukinet.wire.v1.LookupResidentResponse": {"record"},
+    "jukinet.wire.v1.ProvidedRecord": {
+        "resident_code",
+        "status",
+        "items",
+        "municipality_code",
+        "history",
+        "provided_fields",
+    },
+    "jukinet.wire.v1.ProvidedChange": {
+        "resident_code",
+        "previous_code",
+        "reason",
+        "effective_date",
+        "municipality_code",
+    },
 }
 
 
@@ -35,7 +53,8 @@ def _reachable(descriptor: Descriptor, seen: dict[str, Descriptor]) -> None:
 
 def _relay_messages() -> dict[str, Descriptor]:
     seen: dict[str, Descriptor] = {}
-    for service in relay_pb2.DESCRIPTOR.services_by_name.values():
+    services = [*relay_pb2.DESCRIPTOR.services_by_name.values(), *provision_pb2.DESCRIPTOR.services_by_name.values()]
+    for service in services:
         for method in service.methods:
             _reachable(method.input_type, seen)
             _reachable(method.output_type, seen)

@@ -1,0 +1,115 @@
+"""Agencies look up residents at the center for a granted purpose; every answer is provision-logged."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from jukinet.codes import resident_code_from_body
+from jukinet.rpc.runtime import RunningNode
+from jukinet.storage import queries
+from jukinet.storage.schema import provision_log
+from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
+from tests.helpers.nodes import AGENCIES, channel, event, start
+
+R = types_pb2
+ALICE = resident_code_from_body("3000000003")
+ALICE_NEW = resident_code_from_body("4000000004")
+BOB = resident_code_from_body("5000000005")
+
+
+@dataclass
+class Center:
+    node: RunningNode
+    pki: Path
+
+
+@pytest.fixture
+async def center(pki_dir: Path, db_factory: Callable[[str], str]) -> AsyncIterator[Center]:
+    node = await start("center", "", db_factory("center"), pki_dir, agencies=AGENCIES)
+    try:
+        async with channel(pki_dir, "jukinet://prefecture/13", node.address) as ch:
+            stub = relay_pb2_grpc.RelayServiceStub(ch)
+            events = [
+                event(1, ALICE, address="東京都調布市小島町1番"),
+                event(2, BOB, address="東京都調布市小島町2番"),
+                event(3, ALICE_NEW, R.CHANGE_REASON_CODE_CHANGE, address="東京都調布市小島町1番", previous=ALICE),
+                event(4, BOB, R.CHANGE_REASON_DEATH, address="東京都調布市小島町2番", effective="2026-11-03"),
+            ]
+            call = stub.PushEvents(iter([relay_pb2.PushEventsRequest(origin="132080", events=events)]))
+            assert [r.acked_seq async for r in call] == [4]
+        yield Center(node, pki_dir)
+    finally:
+        await node.stop()
+
+
+async def _lookup(
+    c: Center, purpose: str, code: str, who: str = "jukinet://agency/pension"
+) -> provision_pb2.ProvidedRecord:
+    async with channel(c.pki, who, c.node.address) as ch:
+        reply = await provision_pb2_grpc.ProvisionServiceStub(ch).LookupResident(
+            provision_pb2.LookupResidentRequest(purpose=purpose, resident_code=code), timeout=10
+        )
+        return reply.record
+
+
+async def test_a_retired_code_answers_with_the_current_record_and_its_history(center: Center) -> None:
+    record = await _lookup(center, "pension-benefit", ALICE)
+    assert record.resident_code == ALICE_NEW
+    assert record.status == provision_pb2.RESIDENT_STATUS_ACTIVE
+    assert record.items.address == "東京都調布市小島町1番"
+    assert record.municipality_code == "132080"
+    assert [(h.reason, h.resident_code, h.previous_code) for h in record.history] == [
+        (R.CHANGE_REASON_EX_OFFICIO_RECORD, ALICE, ""),
+        (R.CHANGE_REASON_CODE_CHANGE, ALICE_NEW, ALICE),
+    ]
+
+
+async def test_a_purpose_receives_only_its_fields(center: Center) -> None:
+    record = await _lookup(center, "pension-proof-of-life", BOB)
+    assert record.status == provision_pb2.RESIDENT_STATUS_DELETED
+    assert list(record.provided_fields) == ["address", "birth_date", "name"]
+    assert record.items.name
+    assert record.items.sex == R.SEX_UNSPECIFIED
+    assert list(record.history) == []
+
+
+async def test_every_answer_is_provision_logged(center: Center) -> None:
+    await _lookup(center, "pension-proof-of-life", BOB)
+    rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    assert [(r.agency, r.purpose, r.resident_code, r.fields) for r in rows] == [
+        ("pension", "pension-proof-of-life", BOB, "address birth_date name")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("who", "purpose", "code", "status"),
+    [
+        ("jukinet://agency/pension", "passport-issue", ALICE_NEW, grpc.StatusCode.PERMISSION_DENIED),
+        ("jukinet://agency/pension", "", ALICE_NEW, grpc.StatusCode.INVALID_ARGUMENT),
+        ("jukinet://agency/pension", "pension-benefit", "12345678904", grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            "jukinet://agency/pension",
+            "pension-benefit",
+            resident_code_from_body("9999999999"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        ("jukinet://prefecture/13", "pension-benefit", ALICE_NEW, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_refusals_are_answered_and_logged(
+    center: Center, who: str, purpose: str, code: str, status: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _lookup(center, purpose, code, who)
+    assert caught.value.code() is status
+    log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=5))
+    latest = log[0][1]
+    assert (latest.peer, latest.outcome, latest.purpose) == (who, status.name, purpose)
+    provided = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    assert provided == []
