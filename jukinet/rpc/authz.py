@@ -13,6 +13,10 @@ GET_STATUS = _PKG + "AdminService/GetStatus"
 GET_DIGEST = _PKG + "AdminService/GetDigest"
 LIST_ACCESS_LOG = _PKG + "AdminService/ListAccessLog"
 LOOKUP_RESIDENT = _PKG + "ProvisionService/LookupResident"
+SEARCH_RESIDENTS = _PKG + "ProvisionService/SearchResidents"
+LOOKUP_RESIDENTS = _PKG + "ProvisionService/LookupResidents"
+FOLLOW_CHANGES = _PKG + "ProvisionService/FollowChanges"
+DISCLOSE_RESIDENT = _PKG + "DisclosureService/DiscloseResident"
 
 _OPERATOR = frozenset({Role.OPERATOR})
 _ADMIN = {GET_STATUS: _OPERATOR, GET_DIGEST: _OPERATOR, LIST_ACCESS_LOG: _OPERATOR}
@@ -33,6 +37,10 @@ CENTER_POLICY = {
     GET_CURSORS: frozenset({Role.PREFECTURE}),
     ALLOCATE_CODES: frozenset({Role.PREFECTURE}),
     LOOKUP_RESIDENT: frozenset({Role.AGENCY}),
+    SEARCH_RESIDENTS: frozenset({Role.AGENCY}),
+    LOOKUP_RESIDENTS: frozenset({Role.AGENCY}),
+    FOLLOW_CHANGES: frozenset({Role.AGENCY}),
+    DISCLOSE_RESIDENT: _OPERATOR,
     **_ADMIN,
 }
 

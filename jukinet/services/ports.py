@@ -33,6 +33,7 @@ class ProvisionEntry:
     purpose: str
     resident_code: str
     fields: Sequence[str]
+    channel: str = "lookup"  # lookup | search | bulk | feed
 
 
 class RelayTx(Protocol):

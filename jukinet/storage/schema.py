@@ -121,5 +121,6 @@ provision_log = Table(
     Column("purpose", String(64), nullable=False),
     Column("resident_code", String(11), nullable=False),
     Column("fields", String(100), nullable=False),  # space-separated PROVIDABLE_FIELDS
+    Column("channel", String(8), nullable=False),  # lookup | search | bulk | feed
 )
 Index("ix_provision_log_resident_code", provision_log.c.resident_code)

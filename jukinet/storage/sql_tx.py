@@ -24,7 +24,7 @@ _INSERT_ACCESS = _insert_sql(
     "access_log", ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome")
 )
 _INSERT_PROVISION = _insert_sql(
-    "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields")
+    "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields", "channel")
 )
 _INSERT_CODE = {t: _insert_sql(t, ("resident_code", "block_id")) for t in ("issued_code", "free_code")}
 _UPSERT_REGISTRATION = _insert_sql("registration", rows.REGISTRATION_COLUMNS) + (
@@ -87,7 +87,15 @@ class SqlTx:
         self._executemany(
             _INSERT_PROVISION,
             [
-                (rows.to_us(e.at), e.request_id[:128], e.agency, e.purpose, e.resident_code, " ".join(e.fields))
+                (
+                    rows.to_us(e.at),
+                    e.request_id[:128],
+                    e.agency,
+                    e.purpose,
+                    e.resident_code,
+                    " ".join(e.fields),
+                    e.channel,
+                )
                 for e in entries
             ],
         )

@@ -25,23 +25,39 @@ _sym_db = _symbol_database.Default()
 from jukinet.wire.v1 import types_pb2 as jukinet_dot_wire_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjukinet/wire/v1/provision.proto\x12\x0fjukinet.wire.v1\x1a\x1bjukinet/wire/v1/types.proto\"?\n\x15LookupResidentRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x15\n\rresident_code\x18\x02 \x01(\t\"I\n\x16LookupResidentResponse\x12/\n\x06record\x18\x01 \x01(\x0b\x32\x1f.jukinet.wire.v1.ProvidedRecord\"\xed\x01\n\x0eProvidedRecord\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.jukinet.wire.v1.ResidentStatus\x12-\n\x05items\x18\x03 \x01(\x0b\x32\x1e.jukinet.wire.v1.IdentityItems\x12\x19\n\x11municipality_code\x18\x04 \x01(\t\x12\x30\n\x07history\x18\x05 \x03(\x0b\x32\x1f.jukinet.wire.v1.ProvidedChange\x12\x17\n\x0fprovided_fields\x18\x06 \x03(\t\"\xa0\x01\n\x0eProvidedChange\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x15\n\rprevious_code\x18\x02 \x01(\t\x12-\n\x06reason\x18\x03 \x01(\x0e\x32\x1d.jukinet.wire.v1.ChangeReason\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x04 \x01(\t\x12\x19\n\x11municipality_code\x18\x05 \x01(\t*j\n\x0eResidentStatus\x12\x1f\n\x1bRESIDENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESIDENT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17RESIDENT_STATUS_DELETED\x10\x02\x32u\n\x10ProvisionService\x12\x61\n\x0eLookupResident\x12&.jukinet.wire.v1.LookupResidentRequest\x1a\'.jukinet.wire.v1.LookupResidentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjukinet/wire/v1/provision.proto\x12\x0fjukinet.wire.v1\x1a\x1bjukinet/wire/v1/types.proto\"?\n\x15LookupResidentRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x15\n\rresident_code\x18\x02 \x01(\t\"I\n\x16LookupResidentResponse\x12/\n\x06record\x18\x01 \x01(\x0b\x32\x1f.jukinet.wire.v1.ProvidedRecord\"\x7f\n\x16SearchResidentsRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12!\n\x03sex\x18\x04 \x01(\x0e\x32\x14.jukinet.wire.v1.Sex\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\"K\n\x17SearchResidentsResponse\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.jukinet.wire.v1.ProvidedRecord\"A\n\x16LookupResidentsRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x16\n\x0eresident_codes\x18\x02 \x03(\t\"I\n\x17LookupResidentsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.jukinet.wire.v1.LookupResult\"|\n\x0cLookupResult\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x06record\x18\x04 \x01(\x0b\x32\x1f.jukinet.wire.v1.ProvidedRecord\":\n\x14\x46ollowChangesRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"A\n\x15\x46ollowChangesResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.jukinet.wire.v1.FeedItem\"y\n\x08\x46\x65\x65\x64Item\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12/\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x1f.jukinet.wire.v1.ProvidedChange\x12/\n\x06record\x18\x03 \x01(\x0b\x32\x1f.jukinet.wire.v1.ProvidedRecord\"\xed\x01\n\x0eProvidedRecord\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.jukinet.wire.v1.ResidentStatus\x12-\n\x05items\x18\x03 \x01(\x0b\x32\x1e.jukinet.wire.v1.IdentityItems\x12\x19\n\x11municipality_code\x18\x04 \x01(\t\x12\x30\n\x07history\x18\x05 \x03(\x0b\x32\x1f.jukinet.wire.v1.ProvidedChange\x12\x17\n\x0fprovided_fields\x18\x06 \x03(\t\"\xa0\x01\n\x0eProvidedChange\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x15\n\rprevious_code\x18\x02 \x01(\t\x12-\n\x06reason\x18\x03 \x01(\x0e\x32\x1d.jukinet.wire.v1.ChangeReason\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x04 \x01(\t\x12\x19\n\x11municipality_code\x18\x05 \x01(\t*j\n\x0eResidentStatus\x12\x1f\n\x1bRESIDENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESIDENT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17RESIDENT_STATUS_DELETED\x10\x02\x32\xa7\x03\n\x10ProvisionService\x12\x61\n\x0eLookupResident\x12&.jukinet.wire.v1.LookupResidentRequest\x1a\'.jukinet.wire.v1.LookupResidentResponse\x12\x64\n\x0fSearchResidents\x12\'.jukinet.wire.v1.SearchResidentsRequest\x1a(.jukinet.wire.v1.SearchResidentsResponse\x12h\n\x0fLookupResidents\x12\'.jukinet.wire.v1.LookupResidentsRequest\x1a(.jukinet.wire.v1.LookupResidentsResponse(\x01\x30\x01\x12`\n\rFollowChanges\x12%.jukinet.wire.v1.FollowChangesRequest\x1a&.jukinet.wire.v1.FollowChangesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jukinet.wire.v1.provision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESIDENTSTATUS']._serialized_start=624
-  _globals['_RESIDENTSTATUS']._serialized_end=730
+  _globals['_RESIDENTSTATUS']._serialized_start=1348
+  _globals['_RESIDENTSTATUS']._serialized_end=1454
   _globals['_LOOKUPRESIDENTREQUEST']._serialized_start=81
   _globals['_LOOKUPRESIDENTREQUEST']._serialized_end=144
   _globals['_LOOKUPRESIDENTRESPONSE']._serialized_start=146
   _globals['_LOOKUPRESIDENTRESPONSE']._serialized_end=219
-  _globals['_PROVIDEDRECORD']._serialized_start=222
-  _globals['_PROVIDEDRECORD']._serialized_end=459
-  _globals['_PROVIDEDCHANGE']._serialized_start=462
-  _globals['_PROVIDEDCHANGE']._serialized_end=622
-  _globals['_PROVISIONSERVICE']._serialized_start=732
-  _globals['_PROVISIONSERVICE']._serialized_end=849
+  _globals['_SEARCHRESIDENTSREQUEST']._serialized_start=221
+  _globals['_SEARCHRESIDENTSREQUEST']._serialized_end=348
+  _globals['_SEARCHRESIDENTSRESPONSE']._serialized_start=350
+  _globals['_SEARCHRESIDENTSRESPONSE']._serialized_end=425
+  _globals['_LOOKUPRESIDENTSREQUEST']._serialized_start=427
+  _globals['_LOOKUPRESIDENTSREQUEST']._serialized_end=492
+  _globals['_LOOKUPRESIDENTSRESPONSE']._serialized_start=494
+  _globals['_LOOKUPRESIDENTSRESPONSE']._serialized_end=567
+  _globals['_LOOKUPRESULT']._serialized_start=569
+  _globals['_LOOKUPRESULT']._serialized_end=693
+  _globals['_FOLLOWCHANGESREQUEST']._serialized_start=695
+  _globals['_FOLLOWCHANGESREQUEST']._serialized_end=753
+  _globals['_FOLLOWCHANGESRESPONSE']._serialized_start=755
+  _globals['_FOLLOWCHANGESRESPONSE']._serialized_end=820
+  _globals['_FEEDITEM']._serialized_start=822
+  _globals['_FEEDITEM']._serialized_end=943
+  _globals['_PROVIDEDRECORD']._serialized_start=946
+  _globals['_PROVIDEDRECORD']._serialized_end=1183
+  _globals['_PROVIDEDCHANGE']._serialized_start=1186
+  _globals['_PROVIDEDCHANGE']._serialized_end=1346
+  _globals['_PROVISIONSERVICE']._serialized_start=1457
+  _globals['_PROVISIONSERVICE']._serialized_end=1880
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,240 @@ class LookupResidentResponse(_message.Message):
 Global___LookupResidentResponse: _TypeAlias = LookupResidentResponse  # noqa: Y015
 
 @_typing.final
+class SearchResidentsRequest(_message.Message):
+    """A search by attributes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    BIRTH_DATE_FIELD_NUMBER: _builtins.int
+    SEX_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """The statutory purpose id."""
+    name: _builtins.str
+    """Name (always required)."""
+    birth_date: _builtins.str
+    """Date of birth, YYYY-MM-DD (with sex, instead of address)."""
+    sex: _types_pb2.Sex.ValueType
+    """Sex (with birth_date)."""
+    address: _builtins.str
+    """Address (instead of birth_date + sex)."""
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        name: _builtins.str = ...,
+        birth_date: _builtins.str = ...,
+        sex: _types_pb2.Sex.ValueType = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "birth_date", b"birth_date", "name", b"name", "purpose", b"purpose", "sex", b"sex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchResidentsRequest: _TypeAlias = SearchResidentsRequest  # noqa: Y015
+
+@_typing.final
+class SearchResidentsResponse(_message.Message):
+    """Every match (at most the cap)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvidedRecord]:
+        """The matching residents' records, limited to the purpose's fields."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___ProvidedRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchResidentsResponse: _TypeAlias = SearchResidentsResponse  # noqa: Y015
+
+@_typing.final
+class LookupResidentsRequest(_message.Message):
+    """A batch of codes to look up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    RESIDENT_CODES_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """The statutory purpose id (required on the first message; later ones must be empty or equal)."""
+    @_builtins.property
+    def resident_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Codes, at most 5,000 per message."""
+
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        resident_codes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "resident_codes", b"resident_codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupResidentsRequest: _TypeAlias = LookupResidentsRequest  # noqa: Y015
+
+@_typing.final
+class LookupResidentsResponse(_message.Message):
+    """Results for one batch, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___LookupResult]:
+        """One per requested code."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___LookupResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupResidentsResponse: _TypeAlias = LookupResidentsResponse  # noqa: Y015
+
+@_typing.final
+class LookupResult(_message.Message):
+    """The result for one code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    """The code as requested."""
+    status_code: _builtins.int
+    """A google.rpc.Code value: 0 OK, 3 INVALID_ARGUMENT, 5 NOT_FOUND."""
+    message: _builtins.str
+    """What went wrong, when it did."""
+    @_builtins.property
+    def record(self) -> Global___ProvidedRecord:
+        """The record, when found."""
+
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        record: Global___ProvidedRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "record", b"record", "resident_code", b"resident_code", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupResult: _TypeAlias = LookupResult  # noqa: Y015
+
+@_typing.final
+class FollowChangesRequest(_message.Message):
+    """Where to resume a change feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """The statutory purpose id; the subscriber is (agency, purpose)."""
+    after_seq: _builtins.int
+    """The last feed sequence number the subscriber has processed (0 = from the subscription's start)."""
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowChangesRequest: _TypeAlias = FollowChangesRequest  # noqa: Y015
+
+@_typing.final
+class FollowChangesResponse(_message.Message):
+    """Feed items in sequence."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedItem]:
+        """Consecutive items."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___FeedItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowChangesResponse: _TypeAlias = FollowChangesResponse  # noqa: Y015
+
+@_typing.final
+class FeedItem(_message.Message):
+    """One change delivered to a subscriber."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The subscriber's own sequence number, 1, 2, 3, ... without gaps."""
+    @_builtins.property
+    def change(self) -> Global___ProvidedChange:
+        """The change (reason, date, codes)."""
+
+    @_builtins.property
+    def record(self) -> Global___ProvidedRecord:
+        """The resident's record after the change, limited to the purpose's fields."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        change: Global___ProvidedChange | None = ...,
+        record: Global___ProvidedRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "record", b"record", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedItem: _TypeAlias = FeedItem  # noqa: Y015
+
+@_typing.final
 class ProvidedRecord(_message.Message):
     """本人確認情報 as provided to an agency."""
 

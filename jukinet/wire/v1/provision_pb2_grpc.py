@@ -40,6 +40,21 @@ class ProvisionServiceStub:
                 request_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentRequest.SerializeToString,
                 response_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentResponse.FromString,
                 _registered_method=True)
+        self.SearchResidents = channel.unary_unary(
+                '/jukinet.wire.v1.ProvisionService/SearchResidents',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.SearchResidentsRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.SearchResidentsResponse.FromString,
+                _registered_method=True)
+        self.LookupResidents = channel.stream_stream(
+                '/jukinet.wire.v1.ProvisionService/LookupResidents',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentsRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentsResponse.FromString,
+                _registered_method=True)
+        self.FollowChanges = channel.unary_stream(
+                '/jukinet.wire.v1.ProvisionService/FollowChanges',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.FollowChangesRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.FollowChangesResponse.FromString,
+                _registered_method=True)
 
 
 class ProvisionServiceServicer:
@@ -54,6 +69,29 @@ class ProvisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchResidents(self, request, context):
+        """Searches by an allowed key set only: name + birth_date + sex, or name + address. Exact match after
+        normalization (NFKC, width, kana and spaces); more matches than the cap is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupResidents(self, request_iterator, context):
+        """Bulk lookup: codes in, one result per code out, in order. A bad code never fails the stream.
+        The first message names the purpose; later messages may leave it empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowChanges(self, request, context):
+        """Follows changes for a purpose from the subscriber's own sequence number, resumable without gap or duplicate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +99,21 @@ def add_ProvisionServiceServicer_to_server(servicer, server):
                     servicer.LookupResident,
                     request_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentRequest.FromString,
                     response_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentResponse.SerializeToString,
+            ),
+            'SearchResidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchResidents,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.SearchResidentsRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.SearchResidentsResponse.SerializeToString,
+            ),
+            'LookupResidents': grpc.stream_stream_rpc_method_handler(
+                    servicer.LookupResidents,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentsRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentsResponse.SerializeToString,
+            ),
+            'FollowChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowChanges,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.FollowChangesRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_provision__pb2.FollowChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +144,87 @@ class ProvisionService:
             '/jukinet.wire.v1.ProvisionService/LookupResident',
             jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentRequest.SerializeToString,
             jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchResidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.wire.v1.ProvisionService/SearchResidents',
+            jukinet_dot_wire_dot_v1_dot_provision__pb2.SearchResidentsRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_provision__pb2.SearchResidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupResidents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jukinet.wire.v1.ProvisionService/LookupResidents',
+            jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentsRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_provision__pb2.LookupResidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jukinet.wire.v1.ProvisionService/FollowChanges',
+            jukinet_dot_wire_dot_v1_dot_provision__pb2.FollowChangesRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_provision__pb2.FollowChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

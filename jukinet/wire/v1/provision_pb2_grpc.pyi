@@ -37,6 +37,16 @@ class ProvisionServiceStub:
     """Looks up one resident by 住民票コード for a statutory purpose (利用事務) granted to the caller.
     The answer holds only the fields that purpose may receive, and is provision-logged before it is sent.
     """
+    SearchResidents: _grpc.UnaryUnaryMultiCallable[_provision_pb2.SearchResidentsRequest, _provision_pb2.SearchResidentsResponse]
+    """Searches by an allowed key set only: name + birth_date + sex, or name + address. Exact match after
+    normalization (NFKC, width, kana and spaces); more matches than the cap is FAILED_PRECONDITION.
+    """
+    LookupResidents: _grpc.StreamStreamMultiCallable[_provision_pb2.LookupResidentsRequest, _provision_pb2.LookupResidentsResponse]
+    """Bulk lookup: codes in, one result per code out, in order. A bad code never fails the stream.
+    The first message names the purpose; later messages may leave it empty.
+    """
+    FollowChanges: _grpc.UnaryStreamMultiCallable[_provision_pb2.FollowChangesRequest, _provision_pb2.FollowChangesResponse]
+    """Follows changes for a purpose from the subscriber's own sequence number, resumable without gap or duplicate."""
 
 @_typing.type_check_only
 class ProvisionServiceAsyncStub(ProvisionServiceStub):
@@ -47,6 +57,16 @@ class ProvisionServiceAsyncStub(ProvisionServiceStub):
     """Looks up one resident by 住民票コード for a statutory purpose (利用事務) granted to the caller.
     The answer holds only the fields that purpose may receive, and is provision-logged before it is sent.
     """
+    SearchResidents: _aio.UnaryUnaryMultiCallable[_provision_pb2.SearchResidentsRequest, _provision_pb2.SearchResidentsResponse]  # type: ignore[assignment]
+    """Searches by an allowed key set only: name + birth_date + sex, or name + address. Exact match after
+    normalization (NFKC, width, kana and spaces); more matches than the cap is FAILED_PRECONDITION.
+    """
+    LookupResidents: _aio.StreamStreamMultiCallable[_provision_pb2.LookupResidentsRequest, _provision_pb2.LookupResidentsResponse]  # type: ignore[assignment]
+    """Bulk lookup: codes in, one result per code out, in order. A bad code never fails the stream.
+    The first message names the purpose; later messages may leave it empty.
+    """
+    FollowChanges: _aio.UnaryStreamMultiCallable[_provision_pb2.FollowChangesRequest, _provision_pb2.FollowChangesResponse]  # type: ignore[assignment]
+    """Follows changes for a purpose from the subscriber's own sequence number, resumable without gap or duplicate."""
 
 class ProvisionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the center to government agencies (certificate jukinet://agency/<id>), one way only."""
@@ -60,5 +80,33 @@ class ProvisionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Looks up one resident by 住民票コード for a statutory purpose (利用事務) granted to the caller.
         The answer holds only the fields that purpose may receive, and is provision-logged before it is sent.
         """
+
+    @_abc_1.abstractmethod
+    def SearchResidents(
+        self,
+        request: _provision_pb2.SearchResidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.SearchResidentsResponse, _abc.Awaitable[_provision_pb2.SearchResidentsResponse]]:
+        """Searches by an allowed key set only: name + birth_date + sex, or name + address. Exact match after
+        normalization (NFKC, width, kana and spaces); more matches than the cap is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupResidents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_provision_pb2.LookupResidentsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_provision_pb2.LookupResidentsResponse], _abc.AsyncIterator[_provision_pb2.LookupResidentsResponse]]:
+        """Bulk lookup: codes in, one result per code out, in order. A bad code never fails the stream.
+        The first message names the purpose; later messages may leave it empty.
+        """
+
+    @_abc_1.abstractmethod
+    def FollowChanges(
+        self,
+        request: _provision_pb2.FollowChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_provision_pb2.FollowChangesResponse], _abc.AsyncIterator[_provision_pb2.FollowChangesResponse]]:
+        """Follows changes for a purpose from the subscriber's own sequence number, resumable without gap or duplicate."""
 
 def add_ProvisionServiceServicer_to_server(servicer: ProvisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
