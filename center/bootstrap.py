@@ -3,6 +3,7 @@
 import grpc
 
 from center.codepool import CodePoolServicer
+from center.disclosure_servicer import DisclosureServicer
 from center.provision_servicer import ProvisionServicer
 from jukinet.config import load_agencies
 from jukinet.rpc import authz
@@ -10,11 +11,16 @@ from jukinet.rpc.admin_servicer import AdminServicer
 from jukinet.rpc.guard import Guard
 from jukinet.rpc.relay_servicer import RelayServicer
 from jukinet.rpc.runtime import NodeContext, NodeParts
+from jukinet.services.quota import Quotas
+from jukinet.storage.center_tx import CenterTx
+from jukinet.storage.queries import provided_today
 from jukinet.wire.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     codepool_pb2,
     codepool_pb2_grpc,
+    disclosure_pb2,
+    disclosure_pb2_grpc,
     provision_pb2,
     provision_pb2_grpc,
     relay_pb2,
@@ -24,15 +30,21 @@ from jukinet.wire.v1 import (
 
 def build(ctx: NodeContext) -> NodeParts:
     guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY)
-    relay = RelayServicer(ctx.store, guard, ctx.metrics)
+    relay = RelayServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, tx=CenterTx)
     codepool = CodePoolServicer(ctx.store, guard)
-    provision = ProvisionServicer(ctx.store, guard, load_agencies(ctx.config.agencies))
+    registry = load_agencies(ctx.config.agencies)
+    quotas = Quotas()
+    for agency, items in ctx.store.read_sync(provided_today).items():
+        quotas.preload(agency, items)
+    provision = ProvisionServicer(ctx.store, guard, registry, quotas, new_events=relay.new_events)
+    disclosure = DisclosureServicer(ctx.config.identity, ctx.store, guard, registry)
     admin = AdminServicer(ctx.config.identity, ctx.store, guard)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
         codepool_pb2_grpc.add_CodePoolServiceServicer_to_server(codepool, server)
         provision_pb2_grpc.add_ProvisionServiceServicer_to_server(provision, server)
+        disclosure_pb2_grpc.add_DisclosureServiceServicer_to_server(disclosure, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
 
     return NodeParts(
@@ -41,6 +53,7 @@ def build(ctx: NodeContext) -> NodeParts:
             relay_pb2.DESCRIPTOR.services_by_name["RelayService"].full_name,
             codepool_pb2.DESCRIPTOR.services_by_name["CodePoolService"].full_name,
             provision_pb2.DESCRIPTOR.services_by_name["ProvisionService"].full_name,
+            disclosure_pb2.DESCRIPTOR.services_by_name["DisclosureService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         ],
     )

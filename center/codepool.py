@@ -12,6 +12,7 @@ from sqlalchemy import Connection, insert, select
 
 from jukinet.codes import resident_code_from_body
 from jukinet.domain.errors import InvalidField
+from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import local_gov_code, request_id
 from jukinet.rpc import authz
 from jukinet.rpc.guard import Guard
@@ -23,6 +24,7 @@ from jukinet.storage.schema import code_block, issued_code
 from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
 
 MAX_BLOCK = 100_000
+CENTER = NodeId(Role.CENTER)
 
 
 def random_code() -> str:
@@ -48,7 +50,7 @@ def allocate(
         if earlier.municipality != municipality:
             raise InvalidField("request_id", "was already used for another municipality; use a fresh id")
         query = select(issued_code.c.resident_code).where(issued_code.c.block_id == earlier.block_id)
-        return earlier.block_id, sorted(conn.execute(query).scalars())
+        return earlier.block_id, list(conn.execute(query.order_by(issued_code.c.resident_code)).scalars())
     block_id = uuid.uuid4().hex
     chosen: set[str] = set()
     while len(chosen) < count:
@@ -57,7 +59,8 @@ def allocate(
         taken = _already_issued(conn, list(candidates))
         fresh = [c for c in candidates if c not in taken]
         chosen.update(fresh[:need])
-    codes = sorted(chosen)
+    codes = list(chosen)
+    secrets.SystemRandom().shuffle(codes)  # the municipality hands them out in this order: keep it unguessable
     conn.execute(
         insert(code_block),
         [
@@ -97,7 +100,7 @@ class CodePoolServicer(codepool_pb2_grpc.CodePoolServiceServicer):
         async with self._guard.call(context, authz.ALLOCATE_CODES) as call:
             rid = request_id("request_id", request.request_id)
             municipality = local_gov_code("municipality_code", request.municipality_code)
-            authz.check_origin(call.caller, municipality)
+            authz.check_origin(call.caller, municipality, CENTER)
             if not 1 <= request.count <= MAX_BLOCK:
                 raise InvalidField("count", f"must be between 1 and {MAX_BLOCK}")
             now = dt.datetime.now(dt.UTC)

@@ -95,6 +95,10 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f'{path}: a {kind} node needs [upstream] address = "host:port"')
     pool = data.get("codepool", {})
     relay = data.get("relay", {})
+    batch_size = _get(relay, "batch_size", int, f"{path}[relay]", 2000)
+    window = _get(relay, "window", int, f"{path}[relay]", 4)
+    if not 1 <= batch_size <= 5000 or not 1 <= window <= 64:
+        raise ConfigError(f"{path}[relay]: batch_size must be 1–5000 and window 1–64")
     return NodeConfig(
         kind=kind,
         code=code,
@@ -105,8 +109,8 @@ def load_config(path: Path) -> NodeConfig:
         upstream=upstream,
         refill_below=_get(pool, "refill_below", int, f"{path}[codepool]", 2000),
         block_size=_get(pool, "block_size", int, f"{path}[codepool]", 5000),
-        batch_size=_get(relay, "batch_size", int, f"{path}[relay]", 2000),
-        window=_get(relay, "window", int, f"{path}[relay]", 4),
+        batch_size=batch_size,
+        window=window,
         log_level=_get(node, "log_level", str, where, "info"),
         agencies=_relative(base, _get(node, "agencies", str, where, "")),
     )
@@ -144,5 +148,11 @@ def load_agencies(path: Path | None) -> AgencyRegistry:
                     f"{where}.purposes[{purpose_id}].fields: unknown {sorted(unknown)}; use {list(PROVIDABLE_FIELDS)}"
                 )
             purposes[purpose_id] = Purpose(purpose_id, _get(entry, "name", str, where, purpose_id), frozenset(fields))
-        agencies[agency_id] = Agency(agency_id, _get(table, "name", str, where, agency_id), purposes)
+        rate = table.get("requests_per_second", 0)
+        items = table.get("items_per_day", 0)
+        if not isinstance(rate, int | float) or rate < 0 or not isinstance(items, int) or items < 0:
+            raise ConfigError(f"{where}: requests_per_second and items_per_day must be numbers >= 0")
+        agencies[agency_id] = Agency(
+            agency_id, _get(table, "name", str, where, agency_id), purposes, float(rate), int(items)
+        )
     return AgencyRegistry(agencies)

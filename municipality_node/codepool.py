@@ -62,7 +62,13 @@ class CodePoolKeeper:
             stub = codepool_pb2_grpc.CodePoolServiceStub(ch)
             request_id = uuid.uuid4().hex
             while not stop.is_set():
-                free = await self._store.read(free_count)
+                try:
+                    free = await self._store.read(free_count)
+                except Exception as error:  # a database hiccup must not stop the node
+                    log.error("code_pool_check_failed", error=repr(error))
+                    await _sleep(stop, backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
                 self._metrics.free_codes.set(free)
                 if free < self._refill_below:
                     try:
@@ -70,8 +76,13 @@ class CodePoolKeeper:
                         request_id = uuid.uuid4().hex  # the next block is a new request
                         backoff = 0.5
                         continue
-                    except grpc.aio.AioRpcError as error:
-                        log.warning("code_pool_refill_failed", code=error.code().name, detail=error.details())
+                    except Exception as error:  # unreachable upstream, a bad answer, a database error
+                        detail = (
+                            f"{error.code().name}: {error.details()}"
+                            if isinstance(error, grpc.aio.AioRpcError)
+                            else repr(error)
+                        )
+                        log.warning("code_pool_refill_failed", error=detail, retry_in=backoff)
                         await _sleep(stop, backoff)
                         backoff = min(backoff * 2, 10.0)
                         continue

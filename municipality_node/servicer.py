@@ -7,12 +7,13 @@ from typing import Any
 import grpc
 
 from jukinet.domain.errors import CodePoolExhausted, InvalidField
+from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.model import RegisterChange
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import event_to_pb, outcome_to_pb, register_change_from_pb, register_change_or_refusal
 from jukinet.rpc.guard import AlreadyLogged, Guard
-from jukinet.services.intake import Accepted, Outcome, Refused, record_changes
+from jukinet.services.intake import Accepted, IntakeResult, Outcome, Refused, record_changes
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, Store
 from jukinet.wire.v1 import register_pb2, register_pb2_grpc, types_pb2
@@ -31,6 +32,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         on_pool_exhausted: Callable[[], None],
     ) -> None:
         self._origin = origin
+        self._node = NodeId(Role.MUNICIPALITY, origin)
         self._store = store
         self._guard = guard
         self._metrics = metrics
@@ -39,14 +41,19 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
 
     async def _record(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> list[Outcome]:
         now = dt.datetime.now(dt.UTC)
-        result = await self._store.write(lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now))
-        outcomes = result.outcomes
-        accepted = [o for o in outcomes if isinstance(o, Accepted)]
         self._metrics.changes_received.inc(len(changes))
+        result = await self._store.write(
+            lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now), after_commit=self._committed
+        )
+        return result.outcomes
+
+    def _committed(self, result: IntakeResult) -> None:
+        """Runs after the commit even if the register system went away meanwhile: the relay always hears of it."""
+        accepted = sum(1 for o in result.outcomes if isinstance(o, Accepted))
         self._metrics.changes_applied.inc(len(result.events))
-        self._metrics.changes_duplicate.inc(len(accepted) - len(result.events))  # replayed request ids
+        self._metrics.changes_duplicate.inc(accepted - len(result.events))  # replayed request ids
         exhausted = False
-        for outcome in outcomes:
+        for outcome in result.outcomes:
             if isinstance(outcome, Refused):
                 self._metrics.changes_refused.labels(outcome.error.reason).inc()
                 exhausted = exhausted or isinstance(outcome.error, CodePoolExhausted)
@@ -54,13 +61,12 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
             self._on_recorded(result.events[-1].seq, [event_to_pb(e) for e in result.events])
         if exhausted:
             self._on_pool_exhausted()
-        return outcomes
 
     async def RecordChange(
         self, request: register_pb2.RecordChangeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> register_pb2.RecordChangeResponse:
         async with self._guard.call(context, authz.RECORD_CHANGE) as call:
-            authz.check_origin(call.caller, self._origin)
+            authz.check_origin(call.caller, self._origin, self._node)
             if not request.HasField("change"):
                 raise InvalidField("change", "is required")
             change = register_change_from_pb(request.change)
@@ -76,7 +82,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[register_pb2.RecordChangesResponse]:
         async with self._guard.call(context, authz.RECORD_CHANGES) as call:
-            authz.check_origin(call.caller, self._origin)
+            authz.check_origin(call.caller, self._origin, self._node)
             async for request in request_iterator:
                 if len(request.changes) > MAX_CHANGES_PER_MESSAGE:
                     raise InvalidField(

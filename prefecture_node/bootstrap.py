@@ -35,9 +35,9 @@ def build(ctx: NodeContext) -> NodeParts:
         batch_size=config.batch_size,
         window=config.window,
     )
-    relay = RelayServicer(ctx.store, guard, ctx.metrics, on_applied=forwarder.notify)
+    relay = RelayServicer(node, ctx.store, guard, ctx.metrics, on_applied=forwarder.notify)
     center_channel = grpc.aio.secure_channel(config.upstream, credentials, options=SECURE_CHANNEL_OPTIONS)
-    codepool = CodePoolRelayServicer(ctx.store, guard, codepool_pb2_grpc.CodePoolServiceStub(center_channel))
+    codepool = CodePoolRelayServicer(node, ctx.store, guard, codepool_pb2_grpc.CodePoolServiceStub(center_channel))
     admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded)
 
     def add(server: grpc.aio.Server) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from jukinet.domain.errors import UpstreamUnavailable
+from jukinet.domain.identity import NodeId
 from jukinet.domain.validate import local_gov_code, request_id
 from jukinet.rpc import authz
 from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
@@ -17,7 +18,10 @@ from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
 
 
 class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
-    def __init__(self, store: Store, guard: Guard, center: codepool_pb2_grpc.CodePoolServiceAsyncStub) -> None:
+    def __init__(
+        self, node: NodeId, store: Store, guard: Guard, center: codepool_pb2_grpc.CodePoolServiceAsyncStub
+    ) -> None:
+        self._node = node
         self._store = store
         self._guard = guard
         self._center = center
@@ -28,7 +32,7 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
         async with self._guard.call(context, authz.ALLOCATE_CODES) as call:
             request_id("request_id", request.request_id)
             municipality = local_gov_code("municipality_code", request.municipality_code)
-            authz.check_origin(call.caller, municipality)
+            authz.check_origin(call.caller, municipality, self._node)
             try:
                 reply: codepool_pb2.AllocateCodesResponse = await self._center.AllocateCodes(
                     request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0

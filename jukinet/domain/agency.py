@@ -22,6 +22,8 @@ class Agency:
     id: str
     name: str
     purposes: Mapping[str, Purpose]
+    requests_per_second: float = 0.0  # 0 = unlimited
+    items_per_day: int = 0  # 0 = unlimited
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,24 @@ class NotFoundError(JukinetError):
     code = "NOT_FOUND"
 
 
+class SearchTooBroad(JukinetError):
+    """More residents match than a search may return: add keys, never a truncated list."""
+
+    reason = "SEARCH_TOO_BROAD"
+    code = "FAILED_PRECONDITION"
+
+
+class QuotaExceeded(JukinetError):
+    """An agency went over its request rate or daily item quota."""
+
+    reason = "QUOTA_EXCEEDED"
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotRegistered(JukinetError):
     """The resident is not (or no longer) registered at this municipality."""
 

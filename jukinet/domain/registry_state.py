@@ -61,8 +61,21 @@ class CurrentRecord:
         return self.registration.replaced_by
 
 
+_TERMINAL = frozenset({ChangeReason.DEATH, ChangeReason.EMIGRATION, ChangeReason.EX_OFFICIO_DELETION})
+
+
+def _finality(reg: Registration) -> int:
+    """On the same effective date a retired code outranks a terminal deletion, which outranks a move-out:
+    the move-out at A processed after B's move-in notice must not hide B's code change or death."""
+    if reg.replaced_by:
+        return 3
+    if reg.reason in _TERMINAL:
+        return 2
+    return 1 if not reg.active else 0
+
+
 def _recency(reg: Registration) -> tuple[object, ...]:
-    return (reg.effective_date, reg.recorded_at, reg.municipality)
+    return (reg.effective_date, _finality(reg), reg.recorded_at, reg.municipality)
 
 
 def current_record(registrations: Iterable[Registration]) -> CurrentRecord | None:

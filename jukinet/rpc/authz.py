@@ -45,14 +45,21 @@ CENTER_POLICY = {
 }
 
 
-def check_origin(caller: NodeId, origin: str) -> None:
-    """A municipality pushes only its own origin; a prefecture forwards only for municipalities whose
-    code starts with its prefecture code. Raises PermissionDeniedError naming the rule."""
+def check_origin(caller: NodeId, origin: str, node: NodeId) -> None:
+    """A municipality pushes only its own changes, and only to its own prefecture; a prefecture forwards
+    only for municipalities whose code starts with its prefecture code. Raises PermissionDeniedError
+    naming the rule."""
     if caller.role in (Role.MUNICIPALITY, Role.REGISTER):
         if origin != caller.code:
             raise PermissionDeniedError(
                 f"{caller.uri} may only send changes of its own municipality {caller.code}, not {origin}"
             )
+        if node.role is Role.PREFECTURE and caller.prefecture != node.code:
+            raise PermissionDeniedError(
+                f"{caller.uri} belongs to prefecture {caller.prefecture}, not to this prefecture {node.code}"
+            )
+        if node.role is Role.MUNICIPALITY and origin != node.code:
+            raise PermissionDeniedError(f"{caller.uri} is not the register system of {node.uri}")
         return
     if caller.role is Role.PREFECTURE:
         if not origin.startswith(caller.code):

@@ -91,13 +91,28 @@ def event_row_to_pb(row: Any) -> types_pb2.ChangeEvent:
     )
 
 
+_EARLIEST_RECORDING = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+
+
+def _recorded_at(pb: types_pb2.ChangeEvent, origin: str) -> dt.datetime:
+    field = f"event {origin}#{pb.seq}: recorded_time"
+    try:
+        value = pb.recorded_time.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidField(field, "is not a valid timestamp") from None
+    if not _EARLIEST_RECORDING <= value <= dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
+        raise InvalidField(field, f"{value.isoformat()} is out of range (1900 to tomorrow)")
+    return value
+
+
 def event_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, today: dt.date | None = None) -> ChangeEvent:
     """A relayed event, validated again at the receiving edge."""
     if not pb.HasField("items"):
         raise InvalidField(f"event {origin}#{pb.seq}: items", "are required")
     if not pb.HasField("recorded_time"):
         raise InvalidField(f"event {origin}#{pb.seq}: recorded_time", "is required")
-    items = items_from_pb(pb.items, f"event {origin}#{pb.seq}: items.", today=today)
+    tolerant = (today or validate.today_jst()) + dt.timedelta(days=1)  # the sender's clock may run ahead
+    items = items_from_pb(pb.items, f"event {origin}#{pb.seq}: items.", today=tolerant)
     return validate.change_event(
         origin=origin,
         seq=pb.seq,
@@ -105,7 +120,7 @@ def event_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, today: dt.date | No
         previous_code=pb.previous_code,
         reason_value=int(pb.reason),
         effective_date=pb.effective_date,
-        recorded_at=pb.recorded_time.ToDatetime(tzinfo=dt.UTC),
+        recorded_at=_recorded_at(pb, origin),
         items=items,
         today=today,
     )

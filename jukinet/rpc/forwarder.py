@@ -86,10 +86,21 @@ class Forwarder:
         """Consecutive cached events from first_seq on (joining small batches up to the batch size)."""
         bucket = self._recent.get(origin, {})
         batch: list[types_pb2.ChangeEvent] = []
-        while len(batch) < self._batch_size and (part := bucket.pop(first_seq + len(batch), None)) is not None:
+        while (part := bucket.get(first_seq + len(batch))) is not None:
+            if batch and len(batch) + len(part) > self._batch_size:
+                break  # never exceed the batch size by joining (a single cached part is <= MAX_BATCH)
+            del bucket[first_seq + len(batch)]
             self._recent_size -= len(part)
             batch.extend(part)
         return batch or None
+
+    async def _refresh_heads(self) -> None:
+        """Cheap per-origin re-read of the known origins' heads (an index lookup each)."""
+        origins = list(self._heads)
+        heads = await self._store.read(lambda conn: {o: SqlTx(conn).head_seq(o) for o in origins})
+        for origin, head in heads.items():
+            if head > self._heads.get(origin, 0):
+                self._heads[origin] = head
 
     def forwarded(self) -> dict[str, int]:
         return dict(self._acked)
@@ -137,11 +148,23 @@ class Forwarder:
         self._metrics.upstream_up.set(1 if value else 0)
 
     async def _session(self, stub: relay_pb2_grpc.RelayServiceAsyncStub, stop: asyncio.Event) -> None:
+        # Safety net for a lost wake-up: every session starts from what the database holds.
+        for origin, head in (await self._store.read(queries.head_seqs)).items():
+            self.notify(origin, head)
         origins = sorted(self._heads)
         if origins:
             reply = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=origins), timeout=RPC_TIMEOUT_S)
             for cursor in reply.cursors:
                 self._acked[cursor.origin] = cursor.acked_seq
+                if cursor.acked_seq > self._heads.get(cursor.origin, 0):
+                    # The next tier holds more of this origin than we do (a restored backup?): the events
+                    # in between would be acknowledged without effect. Operators must reconcile.
+                    log.error(
+                        "upstream_ahead_of_local_log",
+                        origin=cursor.origin,
+                        upstream_seq=cursor.acked_seq,
+                        local_seq=self._heads.get(cursor.origin, 0),
+                    )
             made = AccessEntry(
                 at=dt.datetime.now(dt.UTC),
                 request_id=uuid.uuid4().hex,
@@ -195,6 +218,9 @@ class Forwarder:
                     reader.result()
                 pending = [o for o in sorted(self._heads) if self._heads[o] > sent.get(o, 0)]
                 if not pending:
+                    await self._refresh_heads()
+                    if any(self._heads[o] > sent.get(o, 0) for o in self._heads):
+                        continue
                     self._wake.clear()
                     waiter = asyncio.create_task(self._wake.wait())
                     stopper = asyncio.create_task(stop.wait())

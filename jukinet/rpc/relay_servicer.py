@@ -10,12 +10,14 @@ import grpc
 from sqlalchemy import Connection
 
 from jukinet.domain.errors import InvalidField
+from jukinet.domain.identity import NodeId
 from jukinet.domain.model import ChangeEvent
 from jukinet.domain.validate import local_gov_code, today_jst
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
-from jukinet.rpc.convert import event_from_pb
+from jukinet.rpc.convert import event_from_pb, event_to_pb
 from jukinet.rpc.guard import Guard
+from jukinet.services.ports import RelayTx
 from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
 from jukinet.storage import SqlTx, Store
 from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc, types_pb2
@@ -26,11 +28,16 @@ MAX_BATCH = 5000
 class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
     def __init__(
         self,
+        node: NodeId,
         store: Store,
         guard: Guard,
         metrics: NodeMetrics,
         on_applied: Callable[[str, int, Sequence[types_pb2.ChangeEvent]], None] = lambda origin, seq, events: None,
+        tx: Callable[[Connection], RelayTx] = SqlTx,
     ) -> None:
+        self._node = node
+        self._tx = tx
+        self._new_events = asyncio.Event()
         self._store = store
         self._guard = guard
         self._metrics = metrics
@@ -46,7 +53,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         async with self._guard.call(context, authz.PUSH_EVENTS) as call:
             async for request in request_iterator:
                 origin = local_gov_code("origin", request.origin)
-                authz.check_origin(call.caller, origin)
+                authz.check_origin(call.caller, origin, self._node)
                 if len(request.events) > MAX_BATCH:
                     raise InvalidField("events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}")
                 today = today_jst()
@@ -55,13 +62,30 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 now = dt.datetime.now(dt.UTC)
                 lock = self._origin_locks.setdefault(origin, asyncio.Lock())
                 async with lock:
-                    outcome = await self._store.write(partial(_apply, origin, events, call.info, now))
-                self._metrics.changes_applied.inc(outcome.applied)
-                self._metrics.changes_duplicate.inc(outcome.duplicates)
-                if outcome.applied:
-                    fresh = [pb for pb in request.events if pb.seq > outcome.acked_seq - outcome.applied]
-                    self._on_applied(origin, outcome.acked_seq, fresh)
+                    outcome = await self._store.write(
+                        partial(self._apply, origin, events, call.info, now),
+                        after_commit=partial(self._committed, origin, events),
+                    )
                 yield relay_pb2.PushEventsResponse(origin=origin, acked_seq=outcome.acked_seq)
+
+    def new_events(self) -> asyncio.Event:
+        """Set (and replaced) whenever a batch adds events: change-feed streams wait on it."""
+        return self._new_events
+
+    def _apply(
+        self, origin: str, events: list[ChangeEvent], call: CallInfo, now: dt.datetime, conn: Connection
+    ) -> BatchOutcome:
+        return apply_batch(self._tx(conn), origin, events, call, now)
+
+    def _committed(self, origin: str, events: list[ChangeEvent], outcome: BatchOutcome) -> None:
+        """Runs after the commit even if the sender went away meanwhile, so the next hop always hears of it."""
+        self._metrics.changes_applied.inc(outcome.applied)
+        self._metrics.changes_duplicate.inc(outcome.duplicates)
+        if outcome.applied:
+            fresh = [event_to_pb(e) for e in events[len(events) - outcome.applied :]]  # validated, re-encoded
+            self._on_applied(origin, outcome.acked_seq, fresh)
+            self._new_events.set()
+            self._new_events = asyncio.Event()
 
     async def GetCursors(
         self, request: relay_pb2.GetCursorsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -71,13 +95,9 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 raise InvalidField("origins", "at most 1000 origins per request")
             origins = [local_gov_code("origins", o) for o in request.origins]
             for origin in origins:
-                authz.check_origin(call.caller, origin)
+                authz.check_origin(call.caller, origin, self._node)
             heads = await self._store.read(lambda conn: {o: SqlTx(conn).head_seq(o) for o in origins})
             return relay_pb2.GetCursorsResponse(
                 cursors=[relay_pb2.OriginCursor(origin=o, acked_seq=heads[o]) for o in origins]
             )
         raise AssertionError("unreachable: the guard aborts on every error")
-
-
-def _apply(origin: str, events: list[ChangeEvent], call: CallInfo, now: dt.datetime, conn: Connection) -> BatchOutcome:
-    return apply_batch(SqlTx(conn), origin, events, call, now)

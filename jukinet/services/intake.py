@@ -125,6 +125,10 @@ def _event_for(
     effect = effect_of(change.reason)
     existing = current.get(change.resident_code) if change.resident_code else None
     held = existing is not None and existing.active
+    if existing is not None and existing.replaced_by:
+        raise AlreadyRegistered(
+            f"resident code {change.resident_code} was retired (replaced by another code) and cannot be used again"
+        )
     if effect is Effect.CREATE and held:
         raise AlreadyRegistered(
             f"resident {change.resident_code} is already registered here; send a correction instead"

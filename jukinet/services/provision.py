@@ -1,16 +1,54 @@
-"""Provision to agencies: a lookup by code, limited to the purpose's fields, provision-logged before answering."""
+"""Provision to agencies: lookups by code (one or in bulk), restricted search and the change feed.
+
+Every record provided is one provision entry written in the same transaction as the access-log entry,
+before the answer leaves the center. Only the purpose's fields are provided."""
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from jukinet.domain.agency import Agency, Purpose
-from jukinet.domain.errors import NotFoundError
-from jukinet.domain.model import ChangeEvent
+from jukinet.domain.errors import InvalidField, JukinetError, NotFoundError, SearchTooBroad
+from jukinet.domain.model import ChangeEvent, Effect, Registration, effect_of
+from jukinet.domain.normalize import search_key
 from jukinet.domain.registry_state import CurrentRecord, Status, current_record
-from jukinet.services.ports import AccessEntry, ProvisionEntry, ProvisionTx
+from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
 
 MAX_CODE_CHANGES = 32  # a resident's chain of retired codes is short; bound the walk anyway
+MAX_SEARCH_RESULTS = 10  # more matches than this: ask for more keys, never a truncated list
+ALLOWED_KEY_SETS = "name + birth_date + sex, or name + address"
+
+
+class ProvisionTx(Protocol):
+    """The center's transaction for provision to agencies."""
+
+    def registrations_of(self, codes: Iterable[str]) -> dict[str, list[Registration]]: ...
+
+    def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
+        """Events recorded under any of the codes, oldest first."""
+        ...
+
+    def append_provisions(self, entries: Sequence[ProvisionEntry]) -> None: ...
+
+    def append_access(self, entries: Sequence[AccessEntry]) -> None: ...
+
+    def codes_matching(
+        self, *, name_key: str, birth_date: str = "", sex: int = 0, address_key: str = "", limit: int
+    ) -> list[str]: ...
+
+
+class FeedTx(ProvisionTx, Protocol):
+    def feed_start(self, agency: str, purpose: str, now_us: int) -> int: ...
+
+    def feed_head(self, agency: str, purpose: str) -> tuple[int, int]: ...
+
+    def feed_items(self, agency: str, purpose: str, after_seq: int, limit: int) -> list[tuple[int, ChangeEvent]]: ...
+
+    def events_after_id(self, event_id: int, limit: int) -> list[tuple[int, ChangeEvent]]: ...
+
+    def add_feed_items(self, agency: str, purpose: str, items: Sequence[tuple[int, int]]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,36 +58,198 @@ class Provided:
     history: list[ChangeEvent]
 
 
+@dataclass(frozen=True, slots=True)
+class BulkItem:
+    requested: str
+    provided: Provided | None
+    error: JukinetError | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedDelivery:
+    seq: int
+    event: ChangeEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SearchKeys:
+    name: str
+    birth_date: str = ""
+    sex: int = 0
+    address: str = ""
+
+
+def resolve(regs_by_code: dict[str, list[Registration]], tx: ProvisionTx, code: str) -> tuple[CurrentRecord, list[str]]:
+    """The current record for `code`, following retired codes; also the chain of codes walked."""
+    chain = [code]
+    record = current_record(regs_by_code.get(code, []))
+    while record is not None and record.status is Status.RETIRED and len(chain) <= MAX_CODE_CHANGES:
+        chain.append(record.replaced_by)
+        record = current_record(tx.registrations_of([record.replaced_by]).get(record.replaced_by, []))
+    if record is None or record.status is Status.RETIRED:
+        raise NotFoundError(f"no resident is recorded under 住民票コード {code}")
+    return record, chain
+
+
 def lookup(
     tx: ProvisionTx, *, agency: Agency, purpose: Purpose, code: str, call: CallInfo, now: dt.datetime
 ) -> Provided:
-    """The resident's current record (following retired codes to the current one). Raises NotFoundError
-    (the caller's guard logs the refusal; nothing is written here then)."""
-    chain = [code]
-    record = _current(tx, code)
-    while record is not None and record.status is Status.RETIRED and len(chain) <= MAX_CODE_CHANGES:
-        chain.append(record.replaced_by)
-        record = _current(tx, record.replaced_by)
-    if record is None or record.status is Status.RETIRED:
-        raise NotFoundError(f"no resident is recorded under 住民票コード {code}")
-    history = tx.events_of(chain) if "history" in purpose.fields else []
-    provided = sorted(purpose.fields)
+    """One resident by code. Raises NotFoundError (the guard logs the refusal; nothing is written then)."""
+    record, chain = resolve(tx.registrations_of([code]), tx, code)
+    provided = Provided(record, purpose.fields, tx.events_of(chain) if "history" in purpose.fields else [])
+    tx.append_provisions([_provision(now, call, agency, purpose, record.resident_code, "lookup")])
+    tx.append_access([_access(call, now, purpose, [code, record.resident_code], "OK")])
+    return provided
+
+
+def bulk_lookup(
+    tx: ProvisionTx,
+    *,
+    agency: Agency,
+    purpose: Purpose,
+    codes: Sequence[str | InvalidField],
+    call: CallInfo,
+    now: dt.datetime,
+) -> list[BulkItem]:
+    """Many codes (already checked at the edge: bad ones arrive as InvalidField); one result per code."""
+    valid = [c for c in codes if isinstance(c, str)]
+    regs = tx.registrations_of(valid)
+    results: list[BulkItem] = []
+    found: list[tuple[str, CurrentRecord, list[str]]] = []
+    for code in codes:
+        if isinstance(code, InvalidField):
+            results.append(BulkItem("", None, code))
+            continue
+        try:
+            record, chain = resolve(regs, tx, code)
+        except NotFoundError as error:
+            results.append(BulkItem(code, None, error))
+            continue
+        found.append((code, record, chain))
+        results.append(BulkItem(code, None, None))
+    history: dict[str, list[ChangeEvent]] = {}
+    if "history" in purpose.fields and found:
+        for event in tx.events_of({c for _, _, chain in found for c in chain}):
+            history.setdefault(event.resident_code, []).append(event)
+    answers = iter(found)
+    for index, item in enumerate(results):
+        if item.error is None:
+            code, record, chain = next(answers)
+            events = sorted(
+                (e for c in chain for e in history.get(c, [])), key=lambda e: (e.recorded_at, e.origin, e.seq)
+            )
+            results[index] = BulkItem(code, Provided(record, purpose.fields, events), None)
     tx.append_provisions(
-        [ProvisionEntry(now, call.request_id, agency.id, purpose.id, record.resident_code, tuple(provided))]
+        [_provision(now, call, agency, purpose, r.provided.record.resident_code, "bulk") for r in results if r.provided]
     )
-    tx.append_access([_access(call, now, record.resident_code, purpose, "OK", requested=code)])
-    return Provided(record, purpose.fields, history)
+    tx.append_access([_access(call, now, purpose, valid, "OK")])
+    return results
 
 
-def _current(tx: ProvisionTx, code: str) -> CurrentRecord | None:
-    registrations = tx.registrations_of([code]).get(code, [])
-    return current_record(registrations)
+def parse_search(name: str, birth_date: str, sex: int, address: str) -> SearchKeys:
+    """Only the allowed key sets, exactly: name + birth_date + sex, or name + address."""
+    given = {k for k, v in (("name", name), ("birth_date", birth_date), ("sex", sex), ("address", address)) if v}
+    if given == {"name", "birth_date", "sex"}:
+        return SearchKeys(name=name, birth_date=birth_date, sex=sex)
+    if given == {"name", "address"}:
+        return SearchKeys(name=name, address=address)
+    keys = " + ".join(sorted(given)) or "no keys"
+    raise InvalidField("keys", f"{keys} is not an allowed key set; use {ALLOWED_KEY_SETS}")
 
 
-def _access(
-    call: CallInfo, now: dt.datetime, code: str, purpose: Purpose, outcome: str, requested: str = ""
-) -> AccessEntry:
-    subjects = tuple(dict.fromkeys(c for c in (requested, code) if c))
+def search(
+    tx: ProvisionTx, *, agency: Agency, purpose: Purpose, keys: SearchKeys, call: CallInfo, now: dt.datetime
+) -> list[Provided]:
+    """Exact match on normalized keys against current records; SearchTooBroad above the cap."""
+    name_key = search_key(keys.name)
+    address_key = search_key(keys.address) if keys.address else ""
+    candidates = tx.codes_matching(
+        name_key=name_key,
+        birth_date=keys.birth_date,
+        sex=keys.sex,
+        address_key=address_key,
+        limit=20 * MAX_SEARCH_RESULTS,
+    )
+    regs = tx.registrations_of(candidates)
+    matches: dict[str, CurrentRecord] = {}
+    for code in candidates:
+        record = current_record(regs.get(code, []))
+        if record is None or record.status is Status.RETIRED:
+            continue
+        items = record.registration.items
+        same_name = search_key(items.name) == name_key
+        if keys.address:
+            hit = same_name and search_key(items.address) == address_key
+        else:
+            hit = same_name and items.birth_date.isoformat() == keys.birth_date and int(items.sex) == keys.sex
+        if hit:
+            matches[record.resident_code] = record
+    if len(matches) > MAX_SEARCH_RESULTS or len(candidates) >= 20 * MAX_SEARCH_RESULTS:
+        raise SearchTooBroad(
+            f"more than {MAX_SEARCH_RESULTS} residents match; add keys or use the 住民票コード "
+            f"(allowed key sets: {ALLOWED_KEY_SETS})"
+        )
+    found = sorted(matches.values(), key=lambda r: r.resident_code)
+    history: dict[str, list[ChangeEvent]] = {}
+    if "history" in purpose.fields and found:
+        for event in tx.events_of([r.resident_code for r in found]):
+            history.setdefault(event.resident_code, []).append(event)
+    provided = [Provided(r, purpose.fields, history.get(r.resident_code, [])) for r in found]
+    tx.append_provisions([_provision(now, call, agency, purpose, r.resident_code, "search") for r in found])
+    tx.append_access([_access(call, now, purpose, [r.resident_code for r in found], "OK")])
+    return provided
+
+
+def next_feed_items(
+    tx: FeedTx, *, agency: Agency, purpose: Purpose, after_seq: int, limit: int, call: CallInfo, now: dt.datetime
+) -> list[FeedDelivery]:
+    """The subscriber's items after `after_seq`: already numbered ones first (a resume), then new events
+    numbered on from the last seq. Every delivery is provision-logged in the same transaction."""
+    start = tx.feed_start(agency.id, purpose.id, _micros(now))
+    last_seq, last_event = tx.feed_head(agency.id, purpose.id)
+    if after_seq > last_seq:
+        raise InvalidField("after_seq", f"{after_seq} is ahead of this feed (last delivered seq is {last_seq})")
+    deliveries = [FeedDelivery(seq, e) for seq, e in tx.feed_items(agency.id, purpose.id, after_seq, limit)]
+    if len(deliveries) < limit:
+        fresh = tx.events_after_id(max(start, last_event), limit - len(deliveries))
+        numbered = [(last_seq + i + 1, event_id, e) for i, (event_id, e) in enumerate(fresh)]
+        tx.add_feed_items(agency.id, purpose.id, [(seq, event_id) for seq, event_id, _ in numbered])
+        deliveries += [FeedDelivery(seq, e) for seq, _, e in numbered]
+    if deliveries:
+        tx.append_provisions(
+            [_provision(now, call, agency, purpose, d.event.resident_code, "feed") for d in deliveries]
+        )
+        tx.append_access([_access(call, now, purpose, [d.event.resident_code for d in deliveries], "OK")])
+    return deliveries
+
+
+def feed_record(event: ChangeEvent) -> CurrentRecord:
+    """The record as of a feed event (the items after the change)."""
+    status = Status.DELETED if effect_of(event.reason) is Effect.DELETE else Status.ACTIVE
+    reg = Registration(
+        resident_code=event.resident_code,
+        municipality=event.origin,
+        items=event.items,
+        active=status is Status.ACTIVE,
+        reason=event.reason,
+        effective_date=event.effective_date,
+        recorded_at=event.recorded_at,
+        seq=event.seq,
+    )
+    return CurrentRecord(event.resident_code, status, event.origin, reg)
+
+
+def _micros(now: dt.datetime) -> int:
+    return (now - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def _provision(
+    now: dt.datetime, call: CallInfo, agency: Agency, purpose: Purpose, code: str, channel: str
+) -> ProvisionEntry:
+    return ProvisionEntry(now, call.request_id, agency.id, purpose.id, code, tuple(sorted(purpose.fields)), channel)
+
+
+def _access(call: CallInfo, now: dt.datetime, purpose: Purpose, codes: Iterable[str], outcome: str) -> AccessEntry:
     return AccessEntry(
         at=now,
         request_id=call.request_id,
@@ -57,5 +257,5 @@ def _access(
         method=call.method,
         outcome=outcome,
         purpose=purpose.id,
-        subjects=subjects,
+        subjects=tuple(dict.fromkeys(codes)),
     )

@@ -1,5 +1,6 @@
 """Read-only queries for operators: digests, status counts, access log pages."""
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
@@ -7,7 +8,7 @@ from sqlalchemy import Connection, func, select
 
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import rows
-from jukinet.storage.schema import access_log, event, free_code, registration
+from jukinet.storage.schema import access_log, event, free_code, provision_log, registration
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +115,15 @@ def access_page(
         )
         for row in conn.execute(query)
     ]
+
+
+def provided_today(conn: Connection) -> dict[str, int]:
+    """Records provided per agency since midnight JST (to restore daily quotas after a restart)."""
+    now = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=9)))
+    midnight = dt.datetime.combine(now.date(), dt.time(), now.tzinfo)
+    query = (
+        select(provision_log.c.agency, func.count())
+        .where(provision_log.c.at_us >= rows.to_us(midnight))
+        .group_by(provision_log.c.agency)
+    )
+    return {agency: int(count) for agency, count in conn.execute(query)}

@@ -86,7 +86,8 @@ access_log = Table(
 free_code = Table(
     "free_code",
     metadata,
-    Column("resident_code", String(11), primary_key=True),
+    Column("id", _RowId, primary_key=True, autoincrement=True),  # codes are handed out in arrival order
+    Column("resident_code", String(11), nullable=False, unique=True),
     Column("block_id", String(40), nullable=False),
 )
 
@@ -124,3 +125,36 @@ provision_log = Table(
     Column("channel", String(8), nullable=False),  # lookup | search | bulk | feed
 )
 Index("ix_provision_log_resident_code", provision_log.c.resident_code)
+
+# Center: normalized search keys per registration (jukinet.domain.normalize.search_key), for the two
+# allowed key sets: name + birth date + sex, and name + address.
+search_key = Table(
+    "search_key",
+    metadata,
+    Column("resident_code", String(11), primary_key=True),
+    Column("municipality", String(6), primary_key=True),
+    Column("name_key", String(100), nullable=False),
+    Column("address_key", String(200), nullable=False),
+    Column("birth_date", String(10), nullable=False),
+    Column("sex", SmallInteger, nullable=False),
+)
+Index("ix_search_key_name_birth_sex", search_key.c.name_key, search_key.c.birth_date, search_key.c.sex)
+Index("ix_search_key_name_address", search_key.c.name_key, search_key.c.address_key)
+
+# Center: change-feed subscribers (agency, purpose) and the items delivered to them, numbered per subscriber.
+feed_subscription = Table(
+    "feed_subscription",
+    metadata,
+    Column("agency", String(64), primary_key=True),
+    Column("purpose", String(64), primary_key=True),
+    Column("start_event_id", BigInteger, nullable=False),  # the feed holds events after this one
+    Column("created_us", BigInteger, nullable=False),
+)
+feed_item = Table(
+    "feed_item",
+    metadata,
+    Column("agency", String(64), primary_key=True),
+    Column("purpose", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("event_id", BigInteger, nullable=False),
+)

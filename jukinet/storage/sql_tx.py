@@ -139,7 +139,7 @@ class SqlTx:
     def peek_free_codes(self, limit: int) -> list[str]:
         if limit <= 0:
             return []
-        query = select(free_code.c.resident_code).order_by(free_code.c.resident_code).limit(limit)
+        query = select(free_code.c.resident_code).order_by(free_code.c.id).limit(limit)
         return list(self.conn.execute(query).scalars())
 
     def remove_free_codes(self, codes: Sequence[str]) -> None:

@@ -28,6 +28,7 @@ class _Job:
     fn: Callable[[Connection], Any]
     loop: asyncio.AbstractEventLoop
     future: "asyncio.Future[Any]"
+    after_commit: Callable[[Any], None] | None = None
 
 
 _STOP = object()
@@ -49,11 +50,15 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Runs fn in a transaction on the writer thread; returns after the commit."""
+    async def write(self, fn: Callable[[Connection], T], *, after_commit: Callable[[T], None] | None = None) -> T:
+        """Runs fn in a transaction on the writer thread; returns after the commit.
+
+        `after_commit` runs on the event loop once the job is committed, even if the caller was cancelled
+        meanwhile (a client deadline, a shutdown): whatever must follow a commit (waking the relay sender)
+        never depends on the caller still waiting."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, future))
+        self._jobs.put(_Job(fn, loop, future, after_commit))
         return await future
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
@@ -114,7 +119,7 @@ class Store:
             outcomes = [(False, error) for _ in group]
         for job, (ok, value) in zip(group, outcomes, strict=True):
             if ok:
-                job.loop.call_soon_threadsafe(_resolve, job.future, value)
+                job.loop.call_soon_threadsafe(_committed, job, value)
             else:
                 job.loop.call_soon_threadsafe(_reject, job.future, value)
 
@@ -131,6 +136,15 @@ class Store:
 
 class _RollbackOnly(Exception):
     """Internal: roll back a single failed job's transaction."""
+
+
+def _committed(job: _Job, value: Any) -> None:
+    if job.after_commit is not None:
+        try:
+            job.after_commit(value)
+        except Exception as error:
+            log.error("after_commit_failed", error=repr(error))
+    _resolve(job.future, value)
 
 
 def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:

@@ -1,0 +1,125 @@
+"""`jukinet agency lookup CODE --purpose P`: what an agency's own system does, from the command line.
+
+Also the shared rendering of a provided record (table and JSON) for `jukinet disclose`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jukinet.cli.client import client_channel
+from jukinet.domain.errors import JukinetError
+from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
+
+T = TypeVar("T")
+TIMEOUT_S = 10.0
+
+agency_app = typer.Typer(no_args_is_help=True, help="Act as an agency system (certificate jukinet://agency/<id>).")
+
+Node = Annotated[str, typer.Option("--node", help="Center address host:port.")]
+PkiDir = Annotated[Path, typer.Option("--pki-dir", help="Folder holding ca.pem and the certificates.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def run_rpc(work: Coroutine[Any, Any, T]) -> T:
+    """Runs the client coroutine; a refused call prints `CODE_NAME: details` to stderr and exits 1."""
+    try:
+        return asyncio.run(work)
+    except grpc.aio.AioRpcError as error:
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except JukinetError as error:  # e.g. a malformed --as identity
+        print(f"{error.code}: {error}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _enum_name(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix).lower()
+
+
+def record_json(record: provision_pb2.ProvidedRecord) -> dict[str, Any]:
+    """The record with only its provided fields (all of them for a disclosure)."""
+    fields = list(record.provided_fields)
+    items = record.items
+    values: dict[str, Any] = {
+        "name": items.name,
+        "alias": items.alias,
+        "birth_date": items.birth_date,
+        "sex": _enum_name(types_pb2.Sex.Name(items.sex), "SEX_") if items.sex else "",
+        "address": items.address,
+    }
+    result: dict[str, Any] = {
+        "resident_code": record.resident_code,
+        "status": _enum_name(provision_pb2.ResidentStatus.Name(record.status), "RESIDENT_STATUS_"),
+        "municipality_code": record.municipality_code,
+        "items": {f: values[f] for f in fields if f in values},
+        "provided_fields": fields,
+    }
+    if "history" in fields:
+        result["history"] = [
+            {
+                "resident_code": h.resident_code,
+                "previous_code": h.previous_code,
+                "reason": _enum_name(types_pb2.ChangeReason.Name(h.reason), "CHANGE_REASON_"),
+                "effective_date": h.effective_date,
+                "municipality_code": h.municipality_code,
+            }
+            for h in record.history
+        ]
+    return result
+
+
+def record_table(record: provision_pb2.ProvidedRecord, title: str) -> Table:
+    data = record_json(record)
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("住民票コード", data["resident_code"])
+    table.add_row("status", data["status"])
+    table.add_row("municipality", data["municipality_code"])
+    for field, value in data["items"].items():
+        table.add_row(field, value)
+    for number, change in enumerate(data.get("history", []), 1):
+        previous = f" (was {change['previous_code']})" if change["previous_code"] else ""
+        table.add_row(
+            f"history {number}",
+            f"{change['effective_date']} {change['reason']} {change['resident_code']}{previous}"
+            f" at {change['municipality_code']}",
+        )
+    table.add_row("provided fields", " ".join(data["provided_fields"]))
+    return table
+
+
+@agency_app.command("lookup")
+def lookup(
+    code: Annotated[str, typer.Argument(help="住民票コード (11 digits).")],
+    purpose: Annotated[str, typer.Option("--purpose", help="The statutory purpose granted to your agency.")],
+    node: Node,
+    pki_dir: PkiDir,
+    as_: Annotated[str, typer.Option("--as", help="Your agency identity, jukinet://agency/<id>.")],
+    as_json: AsJson = False,
+) -> None:
+    """Look up one resident at the center for a granted purpose (the provision is logged)."""
+
+    async def fetch() -> provision_pb2.ProvidedRecord:
+        async with client_channel(node, pki_dir, as_) as channel:
+            stub: provision_pb2_grpc.ProvisionServiceAsyncStub = provision_pb2_grpc.ProvisionServiceStub(channel)
+            reply = await stub.LookupResident(
+                provision_pb2.LookupResidentRequest(purpose=purpose, resident_code=code), timeout=TIMEOUT_S
+            )
+            return reply.record
+
+    record = run_rpc(fetch())
+    if as_json:
+        print(json.dumps(record_json(record), ensure_ascii=False))
+        return
+    Console().print(record_table(record, f"{code} for {purpose}"))

@@ -1,0 +1,61 @@
+"""Per-agency quotas: requests per second (token bucket) and items per day (reset at midnight JST)."""
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from jukinet.domain.agency import Agency
+from jukinet.domain.errors import QuotaExceeded
+
+JST = dt.timezone(dt.timedelta(hours=9))
+
+
+@dataclass
+class _State:
+    tokens: float
+    refilled: float
+    day: dt.date
+    items: int = 0
+
+
+@dataclass
+class Quotas:
+    """Limits from the agency registry; 0 means unlimited. `clock` returns seconds (monotonic)."""
+
+    clock: Callable[[], float] = time.monotonic
+    today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(JST).date())
+    _state: dict[str, _State] = field(default_factory=dict)
+
+    def preload(self, agency_id: str, items_today: int) -> None:
+        """Items already provided today (from the provision log), so a restart does not reset the quota."""
+        self._state[agency_id] = _State(0.0, self.clock(), self.today(), items_today)
+
+    def charge(self, agency: Agency, items: int, *, rate: bool = True) -> None:
+        """Counts one request (when `rate`) and `items` records; QuotaExceeded with a retry hint otherwise."""
+        now = self.clock()
+        state = self._state.get(agency.id)
+        if state is None:
+            state = self._state[agency.id] = _State(float(agency.requests_per_second), now, self.today())
+        if state.day != self.today():
+            state.day, state.items = self.today(), 0
+        if rate and agency.requests_per_second > 0:
+            burst = float(agency.requests_per_second)
+            state.tokens = min(burst, state.tokens + (now - state.refilled) * agency.requests_per_second)
+            state.refilled = now
+            if state.tokens < 1.0:
+                wait = (1.0 - state.tokens) / agency.requests_per_second
+                raise QuotaExceeded(
+                    f"agency {agency.id} is over {agency.requests_per_second:g} requests/s; retry in {wait:.2f} s",
+                    wait,
+                )
+            state.tokens -= 1.0
+        if agency.items_per_day > 0 and state.items + items > agency.items_per_day:
+            midnight = dt.datetime.combine(self.today() + dt.timedelta(days=1), dt.time(), JST)
+            wait = max(1.0, (midnight - dt.datetime.now(JST)).total_seconds())
+            raise QuotaExceeded(
+                f"agency {agency.id} has {agency.items_per_day - state.items} of {agency.items_per_day} items left "
+                f"today; retry after midnight JST (in {wait:.0f} s) or ask for fewer",
+                wait,
+            )
+        state.items += items

@@ -1,0 +1,96 @@
+"""The center's SQL transaction: the relay ports plus search keys, provision reads and the change feed."""
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import func, insert, select
+
+from jukinet.domain.model import ChangeEvent, Registration
+from jukinet.domain.normalize import search_key
+from jukinet.storage import rows
+from jukinet.storage.schema import event, feed_item, feed_subscription
+from jukinet.storage.schema import search_key as search_key_table
+from jukinet.storage.sql_tx import SqlTx, _insert_sql
+
+_UPSERT_SEARCH_KEY = _insert_sql(
+    "search_key", ("resident_code", "municipality", "name_key", "address_key", "birth_date", "sex")
+) + (
+    " ON CONFLICT (resident_code, municipality) DO UPDATE SET name_key = excluded.name_key,"
+    " address_key = excluded.address_key, birth_date = excluded.birth_date, sex = excluded.sex"
+)
+_INSERT_FEED_ITEM = _insert_sql("feed_item", ("agency", "purpose", "seq", "event_id"))
+
+
+class CenterTx(SqlTx):
+    def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
+        regs = list(registrations)
+        super().upsert_registrations(regs)
+        self._executemany(
+            _UPSERT_SEARCH_KEY,
+            [
+                (
+                    r.resident_code,
+                    r.municipality,
+                    search_key(r.items.name),
+                    search_key(r.items.address),
+                    r.items.birth_date.isoformat(),
+                    int(r.items.sex),
+                )
+                for r in regs
+            ],
+        )
+
+    def codes_matching(
+        self, *, name_key: str, birth_date: str = "", sex: int = 0, address_key: str = "", limit: int
+    ) -> list[str]:
+        """Codes with a registration whose keys match exactly (current or past registrations)."""
+        query = select(search_key_table.c.resident_code).where(search_key_table.c.name_key == name_key)
+        if address_key:
+            query = query.where(search_key_table.c.address_key == address_key)
+        else:
+            query = query.where(search_key_table.c.birth_date == birth_date, search_key_table.c.sex == sex)
+        return list(dict.fromkeys(self.conn.execute(query.limit(limit)).scalars()))
+
+    # -- change feed -------------------------------------------------------------------------------------
+
+    def feed_start(self, agency: str, purpose: str, now_us: int) -> int:
+        """The subscriber's start (created on first use: the feed holds events after that moment)."""
+        where = (feed_subscription.c.agency == agency, feed_subscription.c.purpose == purpose)
+        start = self.conn.execute(select(feed_subscription.c.start_event_id).where(*where)).scalar()
+        if start is not None:
+            return int(start)
+        head = int(self.conn.execute(select(func.coalesce(func.max(event.c.id), 0))).scalar() or 0)
+        self.conn.execute(
+            insert(feed_subscription),
+            [{"agency": agency, "purpose": purpose, "start_event_id": head, "created_us": now_us}],
+        )
+        return head
+
+    def feed_head(self, agency: str, purpose: str) -> tuple[int, int]:
+        """(last seq, last event id) delivered to the subscriber, (0, 0) if none."""
+        query = (
+            select(feed_item.c.seq, feed_item.c.event_id)
+            .where(feed_item.c.agency == agency, feed_item.c.purpose == purpose)
+            .order_by(feed_item.c.seq.desc())
+            .limit(1)
+        )
+        row = self.conn.execute(query).first()
+        return (int(row.seq), int(row.event_id)) if row else (0, 0)
+
+    def feed_items(self, agency: str, purpose: str, after_seq: int, limit: int) -> list[tuple[int, ChangeEvent]]:
+        """Already numbered items after `after_seq`, with their events."""
+        query = (
+            select(feed_item.c.seq, event)
+            .join(event, event.c.id == feed_item.c.event_id)
+            .where(feed_item.c.agency == agency, feed_item.c.purpose == purpose, feed_item.c.seq > after_seq)
+            .order_by(feed_item.c.seq)
+            .limit(limit)
+        )
+        return [(int(row.seq), rows.event_from(row)) for row in self.conn.execute(query)]
+
+    def events_after_id(self, event_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
+        """(event id, event) of the events stored after `event_id`, in storage order."""
+        query = select(event).where(event.c.id > event_id).order_by(event.c.id).limit(limit)
+        return [(int(row.id), rows.event_from(row)) for row in self.conn.execute(query)]
+
+    def add_feed_items(self, agency: str, purpose: str, items: Sequence[tuple[int, int]]) -> None:
+        self._executemany(_INSERT_FEED_ITEM, [(agency, purpose, seq, event_id) for seq, event_id in items])

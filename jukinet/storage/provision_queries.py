@@ -1,0 +1,70 @@
+"""Reads of the center's provision log: a resident's provisions, for disclosure (提供状況開示)."""
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, select
+
+from jukinet.services.ports import ProvisionEntry
+from jukinet.storage import rows
+from jukinet.storage.schema import provision_log
+from jukinet.storage.sql_tx import SqlTx
+
+MAX_CODES = 64  # one resident's codes; the disclosure walk is bounded well below this
+
+
+def provision_page(
+    conn: Connection,
+    codes: Sequence[str],
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> list[tuple[int, ProvisionEntry]]:
+    """Provisions under any of the codes with since <= at < until and id > after_id, oldest (lowest id)
+    first, at most `limit`."""
+    if not codes or limit <= 0:
+        return []
+    if len(codes) > MAX_CODES:
+        raise ValueError(f"{len(codes)} codes for one resident; at most {MAX_CODES}")
+    query = (
+        select(provision_log)
+        .where(provision_log.c.resident_code.in_(list(codes)), provision_log.c.id > after_id)
+        .order_by(provision_log.c.id)
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(provision_log.c.at_us >= rows.to_us(since))
+    if until is not None:
+        query = query.where(provision_log.c.at_us < rows.to_us(until))
+    return [
+        (
+            row.id,
+            ProvisionEntry(
+                at=rows.from_us(row.at_us),
+                request_id=row.request_id,
+                agency=row.agency,
+                purpose=row.purpose,
+                resident_code=row.resident_code,
+                fields=tuple(row.fields.split()),
+                channel=row.channel,
+            ),
+        )
+        for row in conn.execute(query)
+    ]
+
+
+class DisclosureSqlTx(SqlTx):
+    """Implements jukinet.services.disclosure.DisclosureTx."""
+
+    def provisions_of(
+        self,
+        codes: Sequence[str],
+        *,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        after_id: int,
+        limit: int,
+    ) -> list[tuple[int, ProvisionEntry]]:
+        return provision_page(self.conn, codes, since=since, until=until, after_id=after_id, limit=limit)

@@ -1,0 +1,111 @@
+"""`jukinet agency lookup` and `jukinet disclose` against a real in-process center over mTLS."""
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jukinet.rpc.runtime import RunningNode
+from tests.helpers.nodes import AGENCIES, start
+from tests.integration.test_disclosure import ALICE, ALICE_NEW, BENEFIT, OPERATOR, PENSION, PROOF, seed
+
+AGENCY = "jukinet://agency/pension"
+
+
+@pytest.fixture
+async def center(pki_dir: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    node = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", pki_dir, agencies=AGENCIES)
+    try:
+        await seed(node, pki_dir)
+        yield node
+    finally:
+        await node.stop()
+
+
+async def _jukinet(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jukinet.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def _agency_lookup(
+    node: RunningNode, pki_dir: Path, code: str, purpose: str, *extra: str
+) -> tuple[int, str, str]:
+    return await _jukinet(
+        "agency",
+        "lookup",
+        code,
+        "--purpose",
+        purpose,
+        "--node",
+        node.address,
+        "--pki-dir",
+        str(pki_dir),
+        "--as",
+        AGENCY,
+        *extra,
+    )
+
+
+async def _disclose(node: RunningNode, pki_dir: Path, code: str, *extra: str) -> tuple[int, str, str]:
+    return await _jukinet("disclose", code, "--node", node.address, "--pki-dir", str(pki_dir), "--as", OPERATOR, *extra)
+
+
+async def test_agency_lookup_prints_the_provided_record(center: RunningNode, pki_dir: Path) -> None:
+    code, out, err = await _agency_lookup(center, pki_dir, ALICE, PROOF[0], "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record == {
+        "resident_code": ALICE_NEW,
+        "status": "active",
+        "municipality_code": "132080",
+        "items": {"address": "東京都調布市小島町1番", "birth_date": "1980-04-01", "name": "山田\u3000太郎"},
+        "provided_fields": ["address", "birth_date", "name"],
+    }
+    code, out, err = await _agency_lookup(center, pki_dir, ALICE_NEW, BENEFIT[0])
+    assert code == 0, err
+    assert ALICE_NEW in out
+    assert "code_change" in out
+
+
+async def test_agency_lookup_for_a_purpose_not_granted_exits_1(center: RunningNode, pki_dir: Path) -> None:
+    code, out, err = await _agency_lookup(center, pki_dir, ALICE_NEW, "passport-issue", "--json")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("PERMISSION_DENIED: ")
+    assert "passport-issue" in err
+
+
+async def test_disclose_lists_the_provisions(center: RunningNode, pki_dir: Path) -> None:
+    for purpose in (PROOF[0], BENEFIT[0]):
+        code, _, err = await _agency_lookup(center, pki_dir, ALICE_NEW, purpose, "--json")
+        assert code == 0, err
+    code, out, err = await _disclose(center, pki_dir, ALICE, "--json")
+    assert code == 0, err
+    disclosed = json.loads(out)
+    assert disclosed["record"]["resident_code"] == ALICE_NEW
+    assert [h["reason"] for h in disclosed["record"]["history"]] == ["ex_officio_record", "code_change"]
+    assert [(p["agency_name"], p["purpose"], p["fields"], p["channel"]) for p in disclosed["provisions"]] == [
+        (PENSION, PROOF[0], PROOF[2], "lookup"),
+        (PENSION, BENEFIT[0], BENEFIT[2], "lookup"),
+    ]
+    assert all(p["time"].endswith("+09:00") for p in disclosed["provisions"])
+
+    code, out, err = await _disclose(center, pki_dir, ALICE_NEW, "--to", "2026-01-01")
+    assert code == 0, err
+    assert f"本人確認情報 of {ALICE_NEW}" in out
+    assert "lookup" not in out  # the provisions table has no rows
+
+    code, _, err = await _disclose(center, pki_dir, ALICE_NEW, "--from", "yesterday")
+    assert code == 1
+    assert err.startswith("INVALID_ARGUMENT: from_date")
