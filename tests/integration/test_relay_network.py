@@ -133,6 +133,27 @@ async def test_a_bad_record_in_a_stream_is_refused_alone(net: Net) -> None:
     assert all(e.peer == "jukinet://register/132080" for e in served)
 
 
+async def test_a_retired_code_is_never_registered_again(net: Net) -> None:
+    ch, stub = register_stub(net)
+    async with ch:
+        first = await stub.RecordChange(
+            register_pb2.RecordChangeRequest(change=change("r1", R.CHANGE_REASON_EX_OFFICIO_RECORD)), timeout=10
+        )
+        old = first.result.resident_code
+        changed = await stub.RecordChange(
+            register_pb2.RecordChangeRequest(change=change("r2", R.CHANGE_REASON_CODE_CHANGE, old, with_items=False)),
+            timeout=10,
+        )
+        assert changed.result.resident_code != old
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RecordChange(
+                register_pb2.RecordChangeRequest(change=change("r3", R.CHANGE_REASON_EX_OFFICIO_RECORD, old)),
+                timeout=10,
+            )
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "retired" in (caught.value.details() or "")
+
+
 async def test_unary_refusal_names_the_field_with_invalid_argument(net: Net) -> None:
     ch, stub = register_stub(net)
     async with ch:
@@ -177,6 +198,16 @@ async def test_refusals_at_the_tls_layer_and_by_rule(net: Net, foreign_pki_dir: 
             _ = [r async for r in call]
         assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "own municipality" in (caught.value.details() or "")
+    # a municipality of another prefecture pushing its own changes to this prefecture (it would poison
+    # this prefecture's relay to the center)
+    async with channel(net.pki, "jukinet://municipality/012084", net.prefecture.address) as ch:
+        call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
+            iter([relay_pb2.PushEventsRequest(origin="012084", events=[event(1, "12345678903")])])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [r async for r in call]
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "belongs to prefecture 01" in (caught.value.details() or "")
     # a prefecture forwarding for another prefecture's municipality
     async with channel(net.pki, "jukinet://prefecture/01", net.center.address) as ch:
         call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(

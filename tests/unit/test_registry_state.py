@@ -1,5 +1,6 @@
 """The relay's state rules give the same final state for every arrival order across origins."""
 
+import dataclasses
 import datetime as dt
 import itertools
 
@@ -100,3 +101,28 @@ def test_move_in_before_move_out_still_ends_at_the_new_municipality() -> None:
 def test_a_moved_out_resident_without_move_in_is_deleted() -> None:
     final = _apply([A[0], A[2]])
     assert final[ALICE][0:2] == (Status.DELETED, "132080")
+
+
+def test_a_same_day_move_out_does_not_hide_a_code_change_at_the_new_municipality() -> None:
+    """B changes X to Y on the move-in day; A records X's move-out later that day."""
+    x, y = ALICE, "33333333333"
+    move_in = _event("012084", 1, x, ChangeReason.MOVE_IN, 5, "北見市1")
+    change = _event("012084", 2, y, ChangeReason.CODE_CHANGE, 5, "北見市1", previous=x)
+    registered = _event("132080", 1, x, ChangeReason.EX_OFFICIO_RECORD, 1, "調布市1")
+    move_out = _event("132080", 2, x, ChangeReason.MOVE_OUT, 5, "調布市1")
+    move_out = dataclasses.replace(move_out, recorded_at=change.recorded_at + dt.timedelta(hours=3))
+    for order in ([registered, move_in, change, move_out], [move_in, change, registered, move_out]):
+        final = _apply(order)
+        assert final[x][0] is Status.RETIRED
+        assert final[x][3] == y
+        assert final[y][0:2] == (Status.ACTIVE, "012084")
+
+
+def test_a_same_day_death_outranks_the_move_out() -> None:
+    registered = _event("132080", 1, ALICE, ChangeReason.EX_OFFICIO_RECORD, 1, "調布市1")
+    move_in = _event("012084", 1, ALICE, ChangeReason.MOVE_IN, 5, "北見市1")
+    death = _event("012084", 2, ALICE, ChangeReason.DEATH, 5, "北見市1")
+    move_out = _event("132080", 2, ALICE, ChangeReason.MOVE_OUT, 5, "調布市1")
+    move_out = dataclasses.replace(move_out, recorded_at=death.recorded_at + dt.timedelta(hours=3))
+    final = _apply([registered, move_in, death, move_out])
+    assert final[ALICE][0:2] == (Status.DELETED, "012084")

@@ -1,0 +1,219 @@
+"""Search, bulk lookup, the change feed and quotas at a real center over mTLS (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from jukinet.codes import resident_code_from_body
+from jukinet.rpc.runtime import RunningNode
+from jukinet.storage.schema import provision_log
+from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
+from tests.helpers.nodes import AGENCIES, channel, event, start
+
+R = types_pb2
+ORIGIN = "132080"
+PURPOSE = "pension-benefit"
+
+
+def _code(n: int) -> str:
+    return resident_code_from_body(f"{n:010d}")
+
+
+class Center:
+    def __init__(self, node: RunningNode, pki: Path) -> None:
+        self.node = node
+        self.pki = pki
+        self.seq = 0
+
+    async def push(self, *events: types_pb2.ChangeEvent) -> None:
+        async with channel(self.pki, "jukinet://prefecture/13", self.node.address) as ch:
+            call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
+                iter([relay_pb2.PushEventsRequest(origin=ORIGIN, events=list(events))])
+            )
+            assert [r.acked_seq async for r in call] == [events[-1].seq]
+
+    async def register(
+        self,
+        code: str,
+        reason: int = R.CHANGE_REASON_EX_OFFICIO_RECORD,
+        *,
+        address: str = "東京都調布市小島町1番",
+        previous: str = "",
+    ) -> None:
+        self.seq += 1
+        await self.push(event(self.seq, code, reason, address=address, previous=previous))
+
+    def stub(
+        self, who: str = "jukinet://agency/pension"
+    ) -> tuple[grpc.aio.Channel, provision_pb2_grpc.ProvisionServiceAsyncStub]:
+        ch = channel(self.pki, who, self.node.address)
+        return ch, provision_pb2_grpc.ProvisionServiceStub(ch)
+
+    async def provisions(self) -> list[tuple[str, str, str]]:
+        rows = await self.node.ctx.store.read(
+            lambda c: list(c.execute(select(provision_log).order_by(provision_log.c.id)))
+        )
+        return [(r.resident_code, r.channel, r.purpose) for r in rows]
+
+
+@pytest.fixture
+async def center(pki_dir: Path, db_factory: Callable[[str], str]) -> AsyncIterator[Center]:
+    node = await start("center", "", db_factory("center"), pki_dir, agencies=AGENCIES)
+    try:
+        yield Center(node, pki_dir)
+    finally:
+        await node.stop()
+
+
+async def test_search_matches_exactly_after_normalization_on_allowed_key_sets(center: Center) -> None:
+    await center.register(_code(1), address="東京都調布市小島町2丁目35番1号")
+    await center.register(_code(2), address="東京都調布市国領町1番")
+    ch, stub = center.stub()
+    async with ch:
+        # the helper's residents are all 山田　太郎, 1980-04-01, male: the address tells them apart
+        found = await stub.SearchResidents(
+            provision_pb2.SearchResidentsRequest(
+                purpose=PURPOSE, name="山田 太郎", address="東京都調布市小島町２丁目３５番１号"
+            ),
+            timeout=10,
+        )
+        assert [r.resident_code for r in found.records] == [_code(1)]
+        both = await stub.SearchResidents(
+            provision_pb2.SearchResidentsRequest(
+                purpose=PURPOSE, name="山田太郎", birth_date="1980-04-01", sex=R.SEX_MALE
+            ),
+            timeout=10,
+        )
+        assert sorted(r.resident_code for r in both.records) == [_code(1), _code(2)]
+        none = await stub.SearchResidents(
+            provision_pb2.SearchResidentsRequest(purpose=PURPOSE, name="山田", address="東京都調布市国領町1番"),
+            timeout=10,
+        )
+        assert list(none.records) == []  # no partial names
+        for bad in (
+            provision_pb2.SearchResidentsRequest(purpose=PURPOSE, name="山田太郎"),
+            provision_pb2.SearchResidentsRequest(purpose=PURPOSE, name="山田太郎", birth_date="1980-04-01"),
+            provision_pb2.SearchResidentsRequest(
+                purpose=PURPOSE, name="山田太郎", birth_date="1980-04-01", sex=R.SEX_MALE, address="x"
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SearchResidents(bad, timeout=10)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "name + address" in (caught.value.details() or "")
+    assert [p[1] for p in await center.provisions()] == ["search", "search", "search"]
+
+
+async def test_search_with_too_many_matches_asks_for_more_keys(center: Center) -> None:
+    for n in range(1, 13):
+        await center.register(_code(100 + n), address=f"東京都調布市{n}番")
+    ch, stub = center.stub()
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SearchResidents(
+                provision_pb2.SearchResidentsRequest(
+                    purpose=PURPOSE, name="山田　太郎", birth_date="1980-04-01", sex=R.SEX_MALE
+                ),
+                timeout=10,
+            )
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "add keys" in (caught.value.details() or "")
+    assert await center.provisions() == []
+
+
+async def test_bulk_lookup_answers_each_code_and_never_fails_the_stream(center: Center) -> None:
+    await center.register(_code(1))
+    await center.register(_code(2), R.CHANGE_REASON_CODE_CHANGE, previous=_code(1))
+    await center.register(_code(3))
+    ch, stub = center.stub()
+    async with ch:
+        call = stub.LookupResidents(
+            iter(
+                [
+                    provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1), "12345678904"]),
+                    provision_pb2.LookupResidentsRequest(resident_codes=[_code(9), _code(3), "x"]),
+                ]
+            )
+        )
+        responses = [r async for r in call]
+    results = [r for resp in responses for r in resp.results]
+    assert [r.status_code for r in results] == [0, 3, 5, 0, 3]
+    assert results[0].record.resident_code == _code(2)  # the retired code answers with the current one
+    assert "check digit" in results[1].message
+    assert await center.provisions() == [(_code(2), "bulk", PURPOSE), (_code(3), "bulk", PURPOSE)]
+
+
+async def _read_items(call: object, count: int) -> list[provision_pb2.FeedItem]:
+    items: list[provision_pb2.FeedItem] = []
+    while len(items) < count:
+        response = await asyncio.wait_for(call.read(), timeout=10)  # type: ignore[attr-defined]
+        items.extend(response.items)
+    return items
+
+
+async def test_the_change_feed_resumes_without_gap_or_duplicate(center: Center) -> None:
+    await center.register(_code(1))  # before the subscription: not in the feed
+    ch, stub = center.stub()
+    async with ch:
+        call = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=0))
+        await asyncio.sleep(0.3)  # the first call creates the subscription at the current head
+        for n in (2, 3, 4):
+            await center.register(_code(n))
+        first = await _read_items(call, 3)
+        call.cancel()  # the connection is killed after the agency processed only seq 1
+        assert [(i.seq, i.change.resident_code) for i in first] == [(1, _code(2)), (2, _code(3)), (3, _code(4))]
+
+        resumed = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=1))
+        again = await _read_items(resumed, 2)
+        await center.register(_code(5))
+        later = await _read_items(resumed, 1)
+        resumed.cancel()
+    seen = [(i.seq, i.change.resident_code) for i in again + later]
+    assert seen == [(2, _code(3)), (3, _code(4)), (4, _code(5))]
+    assert again[0].record.items.name  # records carry the purpose's fields
+    async with channel(center.pki, "jukinet://agency/pension", center.node.address) as ch2:
+        ahead = provision_pb2_grpc.ProvisionServiceStub(ch2).FollowChanges(
+            provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=99)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(ahead.read(), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_quota_exceeded_is_resource_exhausted_with_a_retry_hint(
+    pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path
+) -> None:
+    agencies = tmp_path / "agencies.toml"
+    agencies.write_text(
+        '[agencies.pension]\nname = "p"\nrequests_per_second = 1\nitems_per_day = 3\n'
+        '[[agencies.pension.purposes]]\nid = "pension-benefit"\nfields = ["name"]\n',
+        encoding="utf-8",
+    )
+    node = await start("center", "", db_factory("center"), pki_dir, agencies=agencies)
+    center = Center(node, pki_dir)
+    try:
+        await center.register(_code(1))
+        ch, stub = center.stub()
+        async with ch:
+            request = provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=_code(1))
+            await stub.LookupResident(request, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.LookupResident(request, timeout=10)
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "retry in" in (caught.value.details() or "")
+            await asyncio.sleep(1.1)
+            call = stub.LookupResidents(
+                iter([provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)] * 3)])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                _ = [r async for r in call]
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "items left today" in (caught.value.details() or "")
+    finally:
+        await node.stop()
