@@ -123,3 +123,125 @@ def lookup(
         print(json.dumps(record_json(record), ensure_ascii=False))
         return
     Console().print(record_table(record, f"{code} for {purpose}"))
+
+
+AsAgency = Annotated[str, typer.Option("--as", help="Your agency identity, jukinet://agency/<id>.")]
+Purpose = Annotated[str, typer.Option("--purpose", help="The statutory purpose granted to your agency.")]
+
+
+@agency_app.command("search")
+def search(
+    name: Annotated[str, typer.Option(help="Name (required).")],
+    purpose: Purpose,
+    node: Node,
+    pki_dir: PkiDir,
+    as_: AsAgency,
+    birth_date: Annotated[str, typer.Option(help="YYYY-MM-DD (with --sex).")] = "",
+    sex: Annotated[str, typer.Option(help="male or female (with --birth-date).")] = "",
+    address: Annotated[str, typer.Option(help="Address (instead of --birth-date and --sex).")] = "",
+    as_json: AsJson = False,
+) -> None:
+    """Search by name + birth date + sex, or name + address (exact match after normalization)."""
+    sex_value = {"": 0, "male": types_pb2.SEX_MALE, "female": types_pb2.SEX_FEMALE}.get(sex.lower())
+    if sex_value is None:
+        print("INVALID_ARGUMENT: --sex must be male or female", file=sys.stderr)
+        raise typer.Exit(1)
+
+    async def fetch() -> list[provision_pb2.ProvidedRecord]:
+        async with client_channel(node, pki_dir, as_) as channel:
+            stub: provision_pb2_grpc.ProvisionServiceAsyncStub = provision_pb2_grpc.ProvisionServiceStub(channel)
+            request = provision_pb2.SearchResidentsRequest(
+                purpose=purpose,
+                name=name,
+                birth_date=birth_date,
+                sex=sex_value,  # type: ignore[arg-type]
+                address=address,
+            )
+            return list((await stub.SearchResidents(request, timeout=TIMEOUT_S)).records)
+
+    records = run_rpc(fetch())
+    if as_json:
+        print(json.dumps([record_json(r) for r in records], ensure_ascii=False))
+        return
+    console = Console()
+    console.print(f"{len(records)} match(es)")
+    for record in records:
+        console.print(record_table(record, record.resident_code))
+
+
+@agency_app.command("bulk")
+def bulk(
+    codes_file: Annotated[Path, typer.Argument(help="A file with one 住民票コード per line.", exists=True)],
+    purpose: Purpose,
+    node: Node,
+    pki_dir: PkiDir,
+    as_: AsAgency,
+    batch: Annotated[int, typer.Option(help="Codes per message (at most 5,000).")] = 2000,
+) -> None:
+    """Look up many residents in one stream; prints one JSON line per code (with its status)."""
+    codes = [line.strip() for line in codes_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    batches = [codes[i : i + batch] for i in range(0, len(codes), batch)]
+    counts = {"ok": 0, "refused": 0}
+
+    async def run() -> None:
+        async with client_channel(node, pki_dir, as_) as channel:
+            stub: provision_pb2_grpc.ProvisionServiceAsyncStub = provision_pb2_grpc.ProvisionServiceStub(channel)
+            requests = [
+                provision_pb2.LookupResidentsRequest(purpose=purpose if i == 0 else "", resident_codes=chunk)
+                for i, chunk in enumerate(batches)
+            ]
+            async for response in stub.LookupResidents(iter(requests)):
+                for result in response.results:
+                    ok = result.status_code == 0
+                    counts["ok" if ok else "refused"] += 1
+                    line: dict[str, Any] = {"resident_code": result.resident_code, "status_code": result.status_code}
+                    if ok:
+                        line["record"] = record_json(result.record)
+                    else:
+                        line["message"] = result.message
+                    print(json.dumps(line, ensure_ascii=False))
+
+    run_rpc(run())
+    print(f"{counts['ok']} found, {counts['refused']} refused of {len(codes)}", file=sys.stderr)
+
+
+@agency_app.command("follow")
+def follow(
+    purpose: Purpose,
+    node: Node,
+    pki_dir: PkiDir,
+    as_: AsAgency,
+    after: Annotated[int, typer.Option(help="The last feed seq you processed (0 = from the start).")] = 0,
+    limit: Annotated[int, typer.Option(help="Stop after this many items (0 = follow until Ctrl-C).")] = 0,
+) -> None:
+    """Follow the change feed for a purpose; prints one JSON line per item. Resume with --after LAST_SEQ."""
+
+    async def run() -> None:
+        received = 0
+        async with client_channel(node, pki_dir, as_) as channel:
+            stub: provision_pb2_grpc.ProvisionServiceAsyncStub = provision_pb2_grpc.ProvisionServiceStub(channel)
+            call = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=purpose, after_seq=after))
+            async for response in call:
+                for item in response.items:
+                    change = {
+                        "resident_code": item.change.resident_code,
+                        "previous_code": item.change.previous_code,
+                        "reason": _enum_name(types_pb2.ChangeReason.Name(item.change.reason), "CHANGE_REASON_"),
+                        "effective_date": item.change.effective_date,
+                        "municipality_code": item.change.municipality_code,
+                    }
+                    print(
+                        json.dumps(
+                            {"seq": item.seq, "change": change, "record": record_json(item.record)}, ensure_ascii=False
+                        ),
+                        flush=True,
+                    )
+                    received += 1
+                    if limit and received >= limit:
+                        call.cancel()
+                        return
+
+    try:
+        run_rpc(run())
+    except KeyboardInterrupt:
+        print("stopped; resume with --after <last seq printed>", file=sys.stderr)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from jukinet.codes import resident_code_from_body
 from jukinet.rpc.runtime import RunningNode
-from tests.helpers.nodes import AGENCIES, start
+from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
+from tests.helpers.nodes import AGENCIES, channel, event, start
 from tests.integration.test_disclosure import ALICE, ALICE_NEW, BENEFIT, OPERATOR, PENSION, PROOF, seed
 
 AGENCY = "jukinet://agency/pension"
@@ -109,3 +111,44 @@ async def test_disclose_lists_the_provisions(center: RunningNode, pki_dir: Path)
     code, _, err = await _disclose(center, pki_dir, ALICE_NEW, "--from", "yesterday")
     assert code == 1
     assert err.startswith("INVALID_ARGUMENT: from_date")
+
+
+def _common(node: RunningNode, pki_dir: Path) -> list[str]:
+    return ["--node", node.address, "--pki-dir", str(pki_dir), "--as", AGENCY]
+
+
+async def test_agency_search_bulk_and_follow_print_json(center: RunningNode, pki_dir: Path, tmp_path: Path) -> None:
+    code, out, err = await _jukinet(
+        "agency", "search", "--name", "山田 太郎", "--birth-date", "1980-04-01", "--sex", "male",
+        "--purpose", BENEFIT[0], *_common(center, pki_dir), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    found = json.loads(out)
+    assert ALICE_NEW in {r["resident_code"] for r in found}
+
+    codes = tmp_path / "codes.txt"
+    codes.write_text(f"{ALICE}\n12345678904\n", encoding="utf-8")
+    code, out, err = await _jukinet("agency", "bulk", str(codes), "--purpose", BENEFIT[0], *_common(center, pki_dir))
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["status_code"] for line in lines] == [0, 3]
+    assert lines[0]["record"]["resident_code"] == ALICE_NEW
+    assert "1 found, 1 refused of 2" in err
+
+    follow = asyncio.create_task(
+        _jukinet("agency", "follow", "--purpose", PROOF[0], "--limit", "1", *_common(center, pki_dir))
+    )
+    await asyncio.sleep(1.5)  # the first call creates the subscription; then a change arrives
+    async with channel(pki_dir, "jukinet://prefecture/13", center.address) as ch:
+        call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
+            iter(
+                [relay_pb2.PushEventsRequest(origin="132080", events=[event(5, resident_code_from_body("7000000007"))])]
+            )
+        )
+        assert [r.acked_seq async for r in call] == [5]
+    code, out, err = await follow
+    assert code == 0, err
+    item = json.loads(out.splitlines()[0])
+    assert item["seq"] == 1
+    assert item["record"]["provided_fields"] == ["address", "birth_date", "name"]
+    assert item["change"]["resident_code"] == resident_code_from_body("7000000007")

@@ -1,0 +1,51 @@
+"""Per-agency quotas with a fake clock: request rate (token bucket) and items per day."""
+
+import datetime as dt
+
+import pytest
+
+from jukinet.domain.agency import Agency
+from jukinet.domain.errors import QuotaExceeded
+from jukinet.services.quota import Quotas
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.day = dt.date(2026, 11, 22)
+
+
+def _quotas(clock: Clock) -> Quotas:
+    return Quotas(clock=lambda: clock.now, today=lambda: clock.day)
+
+
+def test_requests_per_second_refill_over_time() -> None:
+    clock = Clock()
+    quotas = _quotas(clock)
+    agency = Agency("a", "A", {}, requests_per_second=2)
+    quotas.charge(agency, 1)
+    quotas.charge(agency, 1)
+    with pytest.raises(QuotaExceeded) as caught:
+        quotas.charge(agency, 1)
+    assert 0 < caught.value.retry_after_s <= 0.5
+    clock.now += 0.5
+    quotas.charge(agency, 1)
+
+
+def test_items_per_day_reset_on_a_new_day_and_survive_restarts_via_preload() -> None:
+    clock = Clock()
+    agency = Agency("a", "A", {}, items_per_day=10)
+    quotas = _quotas(clock)
+    quotas.preload("a", 8)
+    quotas.charge(agency, 2)
+    with pytest.raises(QuotaExceeded, match="0 of 10 items left"):
+        quotas.charge(agency, 1)
+    clock.day += dt.timedelta(days=1)
+    quotas.charge(agency, 10)
+
+
+def test_zero_means_unlimited() -> None:
+    quotas = _quotas(Clock())
+    agency = Agency("a", "A", {})
+    for _ in range(1000):
+        quotas.charge(agency, 1000)
