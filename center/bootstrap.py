@@ -29,7 +29,7 @@ from jukinet.wire.v1 import (
 
 
 def build(ctx: NodeContext) -> NodeParts:
-    guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY)
+    guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY, ctx.switch)
     relay = RelayServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, tx=CenterTx)
     codepool = CodePoolServicer(ctx.store, guard)
     registry = load_agencies(ctx.config.agencies)
@@ -38,7 +38,7 @@ def build(ctx: NodeContext) -> NodeParts:
         quotas.preload(agency, items)
     provision = ProvisionServicer(ctx.store, guard, registry, quotas, new_events=relay.new_events)
     disclosure = DisclosureServicer(ctx.config.identity, ctx.store, guard, registry)
-    admin = AdminServicer(ctx.config.identity, ctx.store, guard)
+    admin = AdminServicer(ctx.config.identity, ctx.store, guard, switch=ctx.switch, metrics=ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)

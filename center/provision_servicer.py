@@ -98,6 +98,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         async with self._guard.call(context, authz.LOOKUP_RESIDENTS) as call:
             granted: tuple[Agency, Purpose] | None = None
             async for request in request_iterator:
+                call.check_open()
                 if granted is None:
                     granted = self._registry.purpose_for(call.caller, request.purpose)
                 elif request.purpose and request.purpose != granted[1].id:
@@ -124,6 +125,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                 raise InvalidField("after_seq", "must not be negative")
             after = request.after_seq
             while True:
+                call.check_open()
                 self._quotas.charge(agency, 0)
                 now = dt.datetime.now(dt.UTC)
                 deliveries = await self._store.write(

@@ -21,7 +21,7 @@ def build(ctx: NodeContext) -> NodeParts:
     node = config.identity
     prefecture = NodeId(Role.PREFECTURE, node.prefecture)
     credentials = channel_credentials(ctx.paths)
-    guard = Guard(ctx.store, ctx.metrics, authz.MUNICIPALITY_POLICY)
+    guard = Guard(ctx.store, ctx.metrics, authz.MUNICIPALITY_POLICY, ctx.switch)
     forwarder = Forwarder(
         store=ctx.store,
         upstream=config.upstream,
@@ -30,6 +30,7 @@ def build(ctx: NodeContext) -> NodeParts:
         metrics=ctx.metrics,
         batch_size=config.batch_size,
         window=config.window,
+        switch=ctx.switch,
     )
     keeper = CodePoolKeeper(
         municipality=node.code,
@@ -40,6 +41,7 @@ def build(ctx: NodeContext) -> NodeParts:
         metrics=ctx.metrics,
         refill_below=config.refill_below,
         block_size=config.block_size,
+        switch=ctx.switch,
     )
     register = RegisterServicer(
         node.code,
@@ -49,7 +51,7 @@ def build(ctx: NodeContext) -> NodeParts:
         on_recorded=partial(forwarder.notify, node.code),
         on_pool_exhausted=keeper.request_refill,
     )
-    admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded)
+    admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded, switch=ctx.switch, metrics=ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         register_pb2_grpc.add_RegisterServiceServicer_to_server(register, server)

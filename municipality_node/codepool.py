@@ -17,6 +17,7 @@ from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import SECURE_CHANNEL_OPTIONS
 from jukinet.rpc import authz
 from jukinet.rpc.guard import REQUEST_ID_KEY
+from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store
 from jukinet.storage.rows import to_us
@@ -42,7 +43,9 @@ class CodePoolKeeper:
         metrics: NodeMetrics,
         refill_below: int,
         block_size: int,
+        switch: LinkSwitch | None = None,
     ) -> None:
+        self._switch = switch
         self._municipality = municipality
         self._store = store
         self._upstream = upstream
@@ -62,6 +65,9 @@ class CodePoolKeeper:
             stub = codepool_pb2_grpc.CodePoolServiceStub(ch)
             request_id = uuid.uuid4().hex
             while not stop.is_set():
+                if self._switch is not None and self._switch.cut_off:
+                    await _sleep(stop, 1.0)  # no traffic on the node's links while cut off
+                    continue
                 try:
                     free = await self._store.read(free_count)
                 except Exception as error:  # a database hiccup must not stop the node

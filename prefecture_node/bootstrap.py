@@ -25,7 +25,7 @@ def build(ctx: NodeContext) -> NodeParts:
     config = ctx.config
     node = config.identity
     credentials = channel_credentials(ctx.paths)
-    guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY)
+    guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY, ctx.switch)
     forwarder = Forwarder(
         store=ctx.store,
         upstream=config.upstream,
@@ -34,11 +34,12 @@ def build(ctx: NodeContext) -> NodeParts:
         metrics=ctx.metrics,
         batch_size=config.batch_size,
         window=config.window,
+        switch=ctx.switch,
     )
     relay = RelayServicer(node, ctx.store, guard, ctx.metrics, on_applied=forwarder.notify)
     center_channel = grpc.aio.secure_channel(config.upstream, credentials, options=SECURE_CHANNEL_OPTIONS)
     codepool = CodePoolRelayServicer(node, ctx.store, guard, codepool_pb2_grpc.CodePoolServiceStub(center_channel))
-    admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded)
+    admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded, switch=ctx.switch, metrics=ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)

@@ -69,6 +69,46 @@ def node_run(config: Annotated[Path, typer.Option("--config", help="Node TOML fi
     run_node(cfg, bootstrap.build)
 
 
+def _switch(node: str, pki_dir: Path, operator: str, reason: str | None) -> bool:
+    from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc
+
+    async def call() -> bool:
+        async with client_channel(node, pki_dir, operator) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            if reason is None:
+                return (await stub.Resume(admin_pb2.ResumeRequest(), timeout=10)).cut_off
+            return (await stub.CutOff(admin_pb2.CutOffRequest(reason=reason), timeout=10)).cut_off
+
+    try:
+        return asyncio.run(call())
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        raise typer.Exit(1) from None
+
+
+@node_app.command("cutoff")
+def node_cutoff(
+    node: Annotated[str, typer.Option(help="Node address host:port.")],
+    pki_dir: PkiDir,
+    as_: Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/<node>/<id>.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the access log, shown to peers).")] = "emergency",
+) -> None:
+    """Emergency cut-off: stop all traffic on the node's links at once (peers keep their outboxes)."""
+    _switch(node, pki_dir, as_, reason)
+    console.print(f"{node} is cut off; `jukinet node resume` reopens its links")
+
+
+@node_app.command("resume")
+def node_resume(
+    node: Annotated[str, typer.Option(help="Node address host:port.")],
+    pki_dir: PkiDir,
+    as_: Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/<node>/<id>.")],
+) -> None:
+    """Reopen a cut-off node's links; the outboxes on both sides drain."""
+    _switch(node, pki_dir, as_, None)
+    console.print(f"{node} is open again")
+
+
 @log_app.command("show")
 def log_show(
     node: Annotated[str, typer.Option(help="Node address host:port.")],

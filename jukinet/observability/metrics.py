@@ -58,6 +58,19 @@ class NodeMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.free_codes = Gauge("jukinet_free_codes", "Free 住民票コード in this node's pool.", registry=r)
+        self.cut_off = Gauge("jukinet_cut_off", "1 while an operator has cut this node off its links.", registry=r)
+        self.refused_calls = Counter(
+            "jukinet_refused_calls_total",
+            "Calls refused by the node, by reason (wrong role, wrong origin, wrong purpose, cut off, …).",
+            ["reason"],
+            registry=r,
+        )
+        self.agency_rate_anomalies = Counter(
+            "jukinet_agency_rate_anomalies_total",
+            "Times an agency's request rate jumped far above its own baseline.",
+            ["agency"],
+            registry=r,
+        )
 
 
 def start_metrics_server(metrics: NodeMetrics, listen: str) -> WSGIServer:

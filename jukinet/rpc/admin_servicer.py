@@ -1,19 +1,27 @@
 """AdminService, served by every node to its operators."""
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import structlog
+from sqlalchemy import Connection
 
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.identity import NodeId
-from jukinet.domain.validate import local_gov_code
+from jukinet.domain.validate import local_gov_code, text
+from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import timestamp
 from jukinet.rpc.guard import Guard
-from jukinet.storage import Store, queries
+from jukinet.rpc.switch import LinkSwitch, store_reason
+from jukinet.services.ports import AccessEntry
+from jukinet.services.relay import CallInfo
+from jukinet.storage import SqlTx, Store, queries
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc
 
+log = structlog.get_logger(__name__)
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
 
@@ -25,7 +33,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         store: Store,
         guard: Guard,
         forwarded: Callable[[], Mapping[str, int]] = dict,
+        switch: LinkSwitch | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._switch = switch or LinkSwitch(node.uri)
+        self._metrics = metrics
         self._node = node
         self._store = store
         self._guard = guard
@@ -51,6 +63,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 origins=origins,
                 free_codes=counts.free_codes,
                 access_log_count=counts.access_log,
+                cut_off=self._switch.cut_off,
             )
         raise AssertionError("unreachable")
 
@@ -114,3 +127,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 next_page_token=str(page[-1][0]) if more and page else "",
             )
         raise AssertionError("unreachable")
+
+    async def CutOff(
+        self, request: admin_pb2.CutOffRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.CutOffResponse:
+        async with self._guard.call(context, authz.CUT_OFF) as call:
+            authz.check_operator_of(call.caller, self._node)
+            reason = text("reason", request.reason, max_chars=200, required=False) or "emergency"
+            await self._set(call.info, f"{reason} (by {call.caller.uri})")
+            return admin_pb2.CutOffResponse(cut_off=True)
+        raise AssertionError("unreachable")
+
+    async def Resume(
+        self, request: admin_pb2.ResumeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ResumeResponse:
+        async with self._guard.call(context, authz.RESUME) as call:
+            authz.check_operator_of(call.caller, self._node)
+            await self._set(call.info, None)
+            return admin_pb2.ResumeResponse(cut_off=False)
+        raise AssertionError("unreachable")
+
+    async def _set(self, info: CallInfo, reason: str | None) -> None:
+        """Persist the state and its access-log entry in one transaction, then flip the switch."""
+        now = dt.datetime.now(dt.UTC)
+        entry = AccessEntry(at=now, request_id=info.request_id, peer=info.peer, method=info.method, outcome="OK")
+
+        def persist(conn: Connection) -> None:
+            store_reason(conn, reason, now)
+            SqlTx(conn).append_access([entry])
+
+        await self._store.write(persist)
+        self._switch.set(reason)
+        if self._metrics is not None:
+            self._metrics.cut_off.set(1 if reason is not None else 0)
+        log.warning("node_cut_off" if reason is not None else "node_resumed", reason=reason, by=info.peer)

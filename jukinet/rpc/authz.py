@@ -12,6 +12,8 @@ ALLOCATE_CODES = _PKG + "CodePoolService/AllocateCodes"
 GET_STATUS = _PKG + "AdminService/GetStatus"
 GET_DIGEST = _PKG + "AdminService/GetDigest"
 LIST_ACCESS_LOG = _PKG + "AdminService/ListAccessLog"
+CUT_OFF = _PKG + "AdminService/CutOff"
+RESUME = _PKG + "AdminService/Resume"
 LOOKUP_RESIDENT = _PKG + "ProvisionService/LookupResident"
 SEARCH_RESIDENTS = _PKG + "ProvisionService/SearchResidents"
 LOOKUP_RESIDENTS = _PKG + "ProvisionService/LookupResidents"
@@ -19,7 +21,13 @@ FOLLOW_CHANGES = _PKG + "ProvisionService/FollowChanges"
 DISCLOSE_RESIDENT = _PKG + "DisclosureService/DiscloseResident"
 
 _OPERATOR = frozenset({Role.OPERATOR})
-_ADMIN = {GET_STATUS: _OPERATOR, GET_DIGEST: _OPERATOR, LIST_ACCESS_LOG: _OPERATOR}
+_ADMIN = {
+    GET_STATUS: _OPERATOR,
+    GET_DIGEST: _OPERATOR,
+    LIST_ACCESS_LOG: _OPERATOR,
+    CUT_OFF: _OPERATOR,
+    RESUME: _OPERATOR,
+}
 
 MUNICIPALITY_POLICY = {
     RECORD_CHANGE: frozenset({Role.REGISTER}),
@@ -75,3 +83,9 @@ def check_operator_of(caller: NodeId, node: NodeId) -> None:
     expected = node.uri.removeprefix("jukinet://").replace("/", "-")
     if caller.role is not Role.OPERATOR or caller.node != expected:
         raise PermissionDeniedError(f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)")
+
+
+def crosses_links(method: str, policy: dict[str, frozenset[Role]]) -> bool:
+    """Calls the emergency cut-off stops: everything but operator calls and the municipality's own
+    register system (its internal side, not a network link)."""
+    return method not in (RECORD_CHANGE, RECORD_CHANGES) and policy.get(method) != _OPERATOR

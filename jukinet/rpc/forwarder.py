@@ -11,7 +11,7 @@ import datetime as dt
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -24,6 +24,7 @@ from jukinet.pki import SECURE_CHANNEL_OPTIONS
 from jukinet.rpc import authz
 from jukinet.rpc.convert import event_row_to_pb
 from jukinet.rpc.guard import REQUEST_ID_KEY
+from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store, queries
 from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc, types_pb2
@@ -45,7 +46,9 @@ class Forwarder:
         origins: Mapping[str, int] | None = None,
         batch_size: int = 2000,
         window: int = 4,
+        switch: LinkSwitch | None = None,
     ) -> None:
+        self._switch = switch
         self._store = store
         self._upstream = upstream
         self._upstream_identity = upstream_identity
@@ -119,6 +122,10 @@ class Forwarder:
             self._heads_loaded = True
         backoff = 0.2
         while not stop.is_set():
+            if self._switch is not None and self._switch.cut_off:
+                self._set_connected(False)
+                await _first(stop.wait(), self._switch.wait_open())
+                continue
             try:
                 async with grpc.aio.secure_channel(
                     self._upstream, self._credentials, options=SECURE_CHANNEL_OPTIONS
@@ -142,6 +149,10 @@ class Forwarder:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
         self._set_connected(False)
+
+    def _check_open(self) -> None:
+        if self._switch is not None and self._switch.cut_off:
+            raise ConnectionAbortedError("this node was cut off by its operator; the stream is closed")
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value
@@ -224,12 +235,17 @@ class Forwarder:
                     self._wake.clear()
                     waiter = asyncio.create_task(self._wake.wait())
                     stopper = asyncio.create_task(stop.wait())
-                    await asyncio.wait({waiter, stopper, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    stopper.cancel()
+                    switched = asyncio.create_task(self._switch.changed()) if self._switch else None
+                    waiting = {waiter, stopper, reader} | ({switched} if switched else set())
+                    await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (waiter, stopper, switched):
+                        if task is not None:
+                            task.cancel()
+                    self._check_open()
                     continue
                 origin = pending[rotation % len(pending)]
                 rotation += 1
+                self._check_open()
                 acquire = asyncio.ensure_future(slots.acquire())
                 await asyncio.wait({acquire, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if not acquire.done():
@@ -264,3 +280,10 @@ def _append_access(entry: AccessEntry, conn: Connection) -> None:
 
 def _event_rows_after(origin: str, after: int, limit: int, conn: Connection) -> list[Row[Any]]:
     return SqlTx(conn).event_rows_after(origin, after, limit)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()

@@ -4,7 +4,7 @@ mapping to status codes, metrics and the access-log entry of a refused or failed
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,8 @@ from jukinet.domain.errors import JukinetError, PermissionDeniedError, Unauthent
 from jukinet.domain.identity import NodeId, Role
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import peer_node_id
+from jukinet.rpc.authz import crosses_links
+from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, Store
@@ -38,13 +40,26 @@ class Call:
 
     caller: NodeId
     info: CallInfo
+    switch: LinkSwitch | None = None
+
+    def check_open(self) -> None:
+        """For streams: raises CutOff (UNAVAILABLE) once the node is cut off mid-stream."""
+        if self.switch is not None:
+            self.switch.check()
 
 
 class Guard:
-    def __init__(self, store: Store, metrics: NodeMetrics, policy: Mapping[str, frozenset[Role]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: NodeMetrics,
+        policy: dict[str, frozenset[Role]],
+        switch: LinkSwitch | None = None,
+    ) -> None:
         self._store = store
         self._metrics = metrics
         self._policy = policy
+        self._switch = switch
 
     @asynccontextmanager
     async def call(
@@ -64,12 +79,16 @@ class Guard:
                 raise PermissionDeniedError(
                     f"role {caller.role.value} may not call {short} on this node (allowed: {roles})"
                 )
-            yield Call(caller, CallInfo(peer=peer, request_id=request_id, method=method))
+            link_switch = self._switch if crosses_links(method, self._policy) else None
+            if link_switch is not None:
+                link_switch.check()
+            yield Call(caller, CallInfo(peer=peer, request_id=request_id, method=method), link_switch)
         except AlreadyLogged as logged:
             code = grpc.StatusCode[logged.error.code]
             await context.abort(code, str(logged.error))
         except JukinetError as error:
             code = grpc.StatusCode[error.code]
+            self._metrics.refused_calls.labels(error.reason).inc()
             await self._refuse(context, method, peer, request_id, code, str(error), purpose)
         except grpc.aio.AbortError:
             raise
@@ -111,7 +130,7 @@ class Guard:
             await self._store.write(lambda conn: SqlTx(conn).append_access([entry]))
         except Exception as error:  # never hide the caller's answer behind a logging failure
             log.error("access_log_write_failed", error=repr(error))
-        log.info("rpc_refused", method=method, peer=entry.peer, code=code.name, detail=message)
+        log.warning("rpc_refused", method=method, peer=entry.peer, code=code.name, detail=message)
         await context.abort(code, message)
 
 

@@ -52,6 +52,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
     ) -> AsyncIterator[relay_pb2.PushEventsResponse]:
         async with self._guard.call(context, authz.PUSH_EVENTS) as call:
             async for request in request_iterator:
+                call.check_open()
                 origin = local_gov_code("origin", request.origin)
                 authz.check_origin(call.caller, origin, self._node)
                 if len(request.events) > MAX_BATCH:

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from jukinet.config import NodeConfig
 from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
 from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, paths_for, server_credentials
+from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,7 @@ class NodeContext:
     store: Store
     metrics: NodeMetrics
     paths: CertPaths
+    switch: LinkSwitch
 
 
 @dataclass
@@ -98,7 +100,9 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
             raise SystemExit(f"missing {required}: create the PKI first (jukinet pki init --dir {config.pki_dir})")
     store = Store(config.database)
     metrics = NodeMetrics()
-    ctx = NodeContext(config=config, store=store, metrics=metrics, paths=paths)
+    switch = LinkSwitch(config.identity.uri, store.read_sync(load_reason))
+    metrics.cut_off.set(1 if switch.cut_off else 0)
+    ctx = NodeContext(config=config, store=store, metrics=metrics, paths=paths, switch=switch)
     parts = build(ctx)
     server = grpc.aio.server(
         options=[

@@ -158,3 +158,12 @@ feed_item = Table(
     Column("seq", BigInteger, primary_key=True),
     Column("event_id", BigInteger, nullable=False),
 )
+
+# Operator switches that must survive a restart (e.g. the emergency cut-off).
+node_flag = Table(
+    "node_flag",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+)

@@ -20,6 +20,89 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CutOffRequest(_message.Message):
+    """Asks to cut the node off."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why (kept in the access log and shown to peers)."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CutOffRequest: _TypeAlias = CutOffRequest  # noqa: Y015
+
+@_typing.final
+class CutOffResponse(_message.Message):
+    """The node's link state after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUT_OFF_FIELD_NUMBER: _builtins.int
+    cut_off: _builtins.bool
+    """True: the node is cut off."""
+    def __init__(
+        self,
+        *,
+        cut_off: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cut_off", b"cut_off"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CutOffResponse: _TypeAlias = CutOffResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRequest(_message.Message):
+    """Asks to reopen the node's links."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRequest: _TypeAlias = ResumeRequest  # noqa: Y015
+
+@_typing.final
+class ResumeResponse(_message.Message):
+    """The node's link state after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUT_OFF_FIELD_NUMBER: _builtins.int
+    cut_off: _builtins.bool
+    """False: the node's links are open."""
+    def __init__(
+        self,
+        *,
+        cut_off: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cut_off", b"cut_off"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeResponse: _TypeAlias = ResumeResponse  # noqa: Y015
+
+@_typing.final
 class GetStatusRequest(_message.Message):
     """Asks for the node's status."""
 
@@ -49,6 +132,7 @@ class GetStatusResponse(_message.Message):
     ORIGINS_FIELD_NUMBER: _builtins.int
     FREE_CODES_FIELD_NUMBER: _builtins.int
     ACCESS_LOG_COUNT_FIELD_NUMBER: _builtins.int
+    CUT_OFF_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """The node's identity URI."""
     event_count: _builtins.int
@@ -61,6 +145,8 @@ class GetStatusResponse(_message.Message):
     """Free codes in the pool (municipality nodes)."""
     access_log_count: _builtins.int
     """Access-log entries."""
+    cut_off: _builtins.bool
+    """True while an operator has cut the node off."""
     @_builtins.property
     def origins(self) -> _containers.RepeatedCompositeFieldContainer[Global___OriginStatus]:
         """Per-origin positions."""
@@ -75,10 +161,11 @@ class GetStatusResponse(_message.Message):
         origins: _abc.Iterable[Global___OriginStatus] | None = ...,
         free_codes: _builtins.int = ...,
         access_log_count: _builtins.int = ...,
+        cut_off: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_count", b"access_log_count", "active_count", b"active_count", "event_count", b"event_count", "free_codes", b"free_codes", "node", b"node", "origins", b"origins", "outbox_depth", b"outbox_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_count", b"access_log_count", "active_count", b"active_count", "cut_off", b"cut_off", "event_count", b"event_count", "free_codes", b"free_codes", "node", b"node", "origins", b"origins", "outbox_depth", b"outbox_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

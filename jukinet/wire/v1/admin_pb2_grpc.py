@@ -50,6 +50,16 @@ class AdminServiceStub:
                 request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListAccessLogRequest.SerializeToString,
                 response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListAccessLogResponse.FromString,
                 _registered_method=True)
+        self.CutOff = channel.unary_unary(
+                '/jukinet.wire.v1.AdminService/CutOff',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.CutOffRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.CutOffResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/jukinet.wire.v1.AdminService/Resume',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -77,6 +87,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CutOff(self, request, context):
+        """Emergency cut-off: stops all traffic on this node's links, both directions, at once. Peers get
+        UNAVAILABLE and keep their outboxes; the state survives a restart until Resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Ends a cut-off: links reopen and outboxes drain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +119,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAccessLog,
                     request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListAccessLogRequest.FromString,
                     response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListAccessLogResponse.SerializeToString,
+            ),
+            'CutOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.CutOff,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.CutOffRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.CutOffResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +213,60 @@ class AdminService:
             '/jukinet.wire.v1.AdminService/ListAccessLog',
             jukinet_dot_wire_dot_v1_dot_admin__pb2.ListAccessLogRequest.SerializeToString,
             jukinet_dot_wire_dot_v1_dot_admin__pb2.ListAccessLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CutOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.wire.v1.AdminService/CutOff',
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.CutOffRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.CutOffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.wire.v1.AdminService/Resume',
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

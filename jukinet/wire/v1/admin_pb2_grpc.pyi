@@ -39,6 +39,12 @@ class AdminServiceStub:
     """A digest of what this node holds for one municipality, to compare tiers."""
     ListAccessLog: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAccessLogRequest, _admin_pb2.ListAccessLogResponse]
     """This node's access log, newest first."""
+    CutOff: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CutOffRequest, _admin_pb2.CutOffResponse]
+    """Emergency cut-off: stops all traffic on this node's links, both directions, at once. Peers get
+    UNAVAILABLE and keep their outboxes; the state survives a restart until Resume.
+    """
+    Resume: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]
+    """Ends a cut-off: links reopen and outboxes drain."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -51,6 +57,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """A digest of what this node holds for one municipality, to compare tiers."""
     ListAccessLog: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAccessLogRequest, _admin_pb2.ListAccessLogResponse]  # type: ignore[assignment]
     """This node's access log, newest first."""
+    CutOff: _aio.UnaryUnaryMultiCallable[_admin_pb2.CutOffRequest, _admin_pb2.CutOffResponse]  # type: ignore[assignment]
+    """Emergency cut-off: stops all traffic on this node's links, both directions, at once. Peers get
+    UNAVAILABLE and keep their outboxes; the state survives a restart until Resume.
+    """
+    Resume: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]  # type: ignore[assignment]
+    """Ends a cut-off: links reopen and outboxes drain."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every node to operators (certificate jukinet://operator/<node>/<id>)."""
@@ -78,5 +90,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAccessLogResponse, _abc.Awaitable[_admin_pb2.ListAccessLogResponse]]:
         """This node's access log, newest first."""
+
+    @_abc_1.abstractmethod
+    def CutOff(
+        self,
+        request: _admin_pb2.CutOffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CutOffResponse, _abc.Awaitable[_admin_pb2.CutOffResponse]]:
+        """Emergency cut-off: stops all traffic on this node's links, both directions, at once. Peers get
+        UNAVAILABLE and keep their outboxes; the state survives a restart until Resume.
+        """
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _admin_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResumeResponse, _abc.Awaitable[_admin_pb2.ResumeResponse]]:
+        """Ends a cut-off: links reopen and outboxes drain."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
