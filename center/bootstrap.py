@@ -36,7 +36,7 @@ def build(ctx: NodeContext) -> NodeParts:
     quotas = Quotas()
     for agency, items in ctx.store.read_sync(provided_today).items():
         quotas.preload(agency, items)
-    provision = ProvisionServicer(ctx.store, guard, registry, quotas, new_events=relay.new_events)
+    provision = ProvisionServicer(ctx.store, guard, registry, quotas, new_events=relay.new_events, metrics=ctx.metrics)
     disclosure = DisclosureServicer(ctx.config.identity, ctx.store, guard, registry)
     admin = AdminServicer(ctx.config.identity, ctx.store, guard, switch=ctx.switch, metrics=ctx.metrics)
 

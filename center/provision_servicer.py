@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+import structlog
 from sqlalchemy import Connection
 
 from jukinet.domain.agency import Agency, AgencyRegistry, Purpose
@@ -15,6 +16,7 @@ from jukinet.domain.errors import InvalidField
 from jukinet.domain.model import ChangeEvent
 from jukinet.domain.registry_state import Status
 from jukinet.domain.validate import iso_date, resident_code, text
+from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import error_number
 from jukinet.rpc.guard import Call, Guard
@@ -29,11 +31,12 @@ from jukinet.services.provision import (
     parse_search,
     search,
 )
-from jukinet.services.quota import Quotas
+from jukinet.services.quota import Quotas, RateWatch
 from jukinet.storage import Store
 from jukinet.storage.center_tx import CenterTx
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 
+log = structlog.get_logger(__name__)
 MAX_BULK_MESSAGE = 5000
 FEED_BATCH = 500
 FEED_POLL_S = 0.5
@@ -47,7 +50,10 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         registry: AgencyRegistry,
         quotas: Quotas,
         new_events: Callable[[], asyncio.Event] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
+        self._rates = RateWatch()
         self._store = store
         self._guard = guard
         self._registry = registry
@@ -56,8 +62,16 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
 
     def _grant(self, call: Call, purpose_id: str, items: int = 1) -> tuple[Agency, Purpose]:
         agency, purpose = self._registry.purpose_for(call.caller, purpose_id)
+        self._watch(agency)
         self._quotas.charge(agency, items)
         return agency, purpose
+
+    def _watch(self, agency: Agency) -> None:
+        rate = self._rates.observe(agency.id)
+        if rate is not None:
+            log.warning("agency_rate_anomaly", agency=agency.id, rate_per_s=round(rate, 1))
+            if self._metrics is not None:
+                self._metrics.agency_rate_anomalies.labels(agency.id).inc()
 
     async def LookupResident(
         self, request: provision_pb2.LookupResidentRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -103,6 +117,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                     granted = self._registry.purpose_for(call.caller, request.purpose)
                 elif request.purpose and request.purpose != granted[1].id:
                     raise InvalidField("purpose", "must stay the same for the whole stream")
+                self._watch(granted[0])
                 if len(request.resident_codes) > MAX_BULK_MESSAGE:
                     raise InvalidField("resident_codes", f"at most {MAX_BULK_MESSAGE} codes per message")
                 agency, purpose = granted

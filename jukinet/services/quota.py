@@ -59,3 +59,43 @@ class Quotas:
                 wait,
             )
         state.items += items
+
+
+@dataclass
+class _Window:
+    started: float
+    count: int = 0
+    baseline: float = 0.0  # requests per second, exponentially weighted over past windows
+    windows: int = 0
+
+
+@dataclass
+class RateWatch:
+    """Flags an agency whose request rate jumps far above its own baseline (an intrusion signal).
+
+    Rates are counted per `window_s`; after `warmup` windows a window whose rate exceeds `factor` times
+    the baseline (and at least `floor` requests/s) is reported once."""
+
+    clock: Callable[[], float] = time.monotonic
+    window_s: float = 10.0
+    factor: float = 10.0
+    floor: float = 5.0
+    warmup: int = 3
+    _windows: dict[str, _Window] = field(default_factory=dict)
+
+    def observe(self, agency_id: str) -> float | None:
+        """Counts one request; returns the anomalous rate when this request makes the window anomalous."""
+        now = self.clock()
+        w = self._windows.setdefault(agency_id, _Window(now))
+        while now - w.started >= self.window_s:
+            rate = w.count / self.window_s
+            w.baseline = rate if w.windows == 0 else 0.8 * w.baseline + 0.2 * rate
+            w.windows += 1
+            w.started += self.window_s
+            w.count = 0
+        w.count += 1
+        rate = w.count / self.window_s
+        threshold = max(self.floor, self.factor * w.baseline)
+        if w.windows >= self.warmup and rate > threshold and (w.count - 1) / self.window_s <= threshold:
+            return rate
+        return None

@@ -46,7 +46,8 @@ async def test_cut_off_mid_stream_then_resume_loses_and_doubles_nothing(
                     codes.extend(r.resident_code for r in results)
                     progress[0] += len(results)
                 moves = [
-                    change(f"m{i}", 10, codes[i % CREATES], address=f"東京都調布市{i}番") for i in range(TOTAL - CREATES)
+                    change(f"m{i}", 10, codes[i % CREATES], address=f"東京都調布市{i}番")
+                    for i in range(TOTAL - CREATES)
                 ]
                 for i in range(0, len(moves), BATCH):
                     async for results in record_batches(stub, [moves[i : i + BATCH]]):

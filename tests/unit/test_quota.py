@@ -6,7 +6,7 @@ import pytest
 
 from jukinet.domain.agency import Agency
 from jukinet.domain.errors import QuotaExceeded
-from jukinet.services.quota import Quotas
+from jukinet.services.quota import Quotas, RateWatch
 
 
 class Clock:
@@ -49,3 +49,17 @@ def test_zero_means_unlimited() -> None:
     agency = Agency("a", "A", {})
     for _ in range(1000):
         quotas.charge(agency, 1000)
+
+
+def test_a_rate_jump_far_above_the_agency_baseline_is_flagged_once() -> None:
+    clock = Clock()
+    watch = RateWatch(clock=lambda: clock.now, window_s=10, factor=10, floor=5, warmup=3)
+    for _ in range(4):  # four quiet windows of 1 request/s
+        for _ in range(10):
+            assert watch.observe("pension") is None
+            clock.now += 1
+    flagged = [watch.observe("pension") for _ in range(200)]  # 200 requests within a second
+    hits = [r for r in flagged if r is not None]
+    assert len(hits) == 1
+    assert hits[0] > 10
+    assert watch.observe("passport") is None  # baselines are per agency
