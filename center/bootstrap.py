@@ -29,7 +29,7 @@ from jukinet.wire.v1 import (
 
 
 def build(ctx: NodeContext) -> NodeParts:
-    guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY, ctx.switch)
+    guard = Guard(ctx.store, ctx.metrics, authz.CENTER_POLICY, ctx.switch, ctx.revocations)
     relay = RelayServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, tx=CenterTx)
     codepool = CodePoolServicer(ctx.store, guard)
     registry = load_agencies(ctx.config.agencies)

@@ -81,7 +81,8 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             code = resident_code("resident_code", request.resident_code)
             now = dt.datetime.now(dt.UTC)
             provided = await self._store.write(
-                lambda conn: lookup(CenterTx(conn), agency=agency, purpose=purpose, code=code, call=call.info, now=now)
+                lambda conn: lookup(CenterTx(conn), agency=agency, purpose=purpose, code=code, call=call.info, now=now),
+                isolated=False,  # lookup raises only before it writes
             )
             return provision_pb2.LookupResidentResponse(record=provided_to_pb(provided))
         raise AssertionError("unreachable")
@@ -125,7 +126,8 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                 codes = [_code_or_error(c) for c in request.resident_codes]
                 now = dt.datetime.now(dt.UTC)
                 items = await self._store.write(
-                    partial(_bulk, agency=agency, purpose=purpose, codes=codes, call=call.info, now=now)
+                    partial(_bulk, agency=agency, purpose=purpose, codes=codes, call=call.info, now=now),
+                    isolated=False,  # bulk lookups never raise for one bad item
                 )
                 yield provision_pb2.LookupResidentsResponse(
                     results=[_bulk_result(raw, item) for raw, item in zip(request.resident_codes, items, strict=True)]

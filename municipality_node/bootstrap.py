@@ -21,7 +21,7 @@ def build(ctx: NodeContext) -> NodeParts:
     node = config.identity
     prefecture = NodeId(Role.PREFECTURE, node.prefecture)
     credentials = channel_credentials(ctx.paths)
-    guard = Guard(ctx.store, ctx.metrics, authz.MUNICIPALITY_POLICY, ctx.switch)
+    guard = Guard(ctx.store, ctx.metrics, authz.MUNICIPALITY_POLICY, ctx.switch, ctx.revocations)
     forwarder = Forwarder(
         store=ctx.store,
         upstream=config.upstream,

@@ -25,7 +25,7 @@ def build(ctx: NodeContext) -> NodeParts:
     config = ctx.config
     node = config.identity
     credentials = channel_credentials(ctx.paths)
-    guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY, ctx.switch)
+    guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY, ctx.switch, ctx.revocations)
     forwarder = Forwarder(
         store=ctx.store,
         upstream=config.upstream,

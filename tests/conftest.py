@@ -48,7 +48,9 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for identity in IDENTITIES:
         ensure(directory, identity)
         if identity.role in (Role.CENTER, Role.PREFECTURE, Role.MUNICIPALITY):
-            ensure(directory, NodeId(Role.OPERATOR, "t", slug(identity)))
+            ensure(directory, NodeId(Role.OPERATOR, "t", slug(identity)), role="security-admin")
+            ensure(directory, NodeId(Role.OPERATOR, "viewer", slug(identity)), role="viewer")
+            ensure(directory, NodeId(Role.OPERATOR, "clerk", slug(identity)), role="clerk")
     return directory
 
 

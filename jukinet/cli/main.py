@@ -16,8 +16,9 @@ from rich.table import Table
 
 from jukinet.cli.client import client_channel
 from jukinet.config import ConfigError, load_config
-from jukinet.domain.identity import NodeId
-from jukinet.pki import create_ca, issue
+from jukinet.domain.identity import NodeId, Role
+from jukinet.pki import certificate_serial, create_ca, issue, paths_for, revoke
+from jukinet.pki.peer import certificate_role as peer_role
 
 app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 pki_app = typer.Typer(no_args_is_help=True, help="The network CA and node certificates.")
@@ -49,10 +50,51 @@ def pki_issue(
     identity: Annotated[str, typer.Argument(help="jukinet://municipality/132080, jukinet://center, …")],
     directory: Annotated[Path, typer.Option("--dir", help="The CA folder.")],
     days: Annotated[int, typer.Option(help="Validity in days.")] = 90,
+    role: Annotated[str, typer.Option(help="Operator role: viewer, clerk or security-admin.")] = "",
 ) -> None:
-    """Issue a certificate whose URI SAN names the holder."""
-    paths = issue(directory, NodeId.parse(identity), validity_days=days)
+    """Issue a certificate whose URI SAN names the holder (operators: with --role)."""
+    node = NodeId.parse(identity)
+    if node.role is Role.OPERATOR and role not in ("viewer", "clerk", "security-admin"):
+        console.print("[red]operators need --role viewer, clerk or security-admin[/red]")
+        raise typer.Exit(2)
+    paths = issue(directory, node, validity_days=days, role=role)
     console.print(f"issued {identity}: {paths.cert} (key {paths.key})")
+
+
+@pki_app.command("renew")
+def pki_renew(
+    identity: Annotated[str, typer.Argument(help="The identity whose certificate to renew.")],
+    directory: Annotated[Path, typer.Option("--dir", help="The CA folder.")],
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 90,
+    revoke_old: Annotated[bool, typer.Option(help="Also revoke the certificate being replaced.")] = False,
+) -> None:
+    """Replace a certificate (new key, same identity and role); running nodes pick it up without a restart."""
+    node = NodeId.parse(identity)
+    old = paths_for(directory, node).cert
+    if not old.exists():
+        console.print(f"[red]no certificate for {identity} in {directory}[/red]; use `jukinet pki issue`")
+        raise typer.Exit(2)
+    serial = certificate_serial(old)
+    role = peer_role(old)
+    paths = issue(directory, node, validity_days=days, role=role)
+    if revoke_old:
+        revoke(directory, [serial])
+    console.print(f"renewed {identity}: {paths.cert}" + (f"; serial {serial:x} revoked" if revoke_old else ""))
+
+
+@pki_app.command("revoke")
+def pki_revoke(
+    identity: Annotated[str, typer.Argument(help="The identity whose current certificate to revoke.")],
+    directory: Annotated[Path, typer.Option("--dir", help="The CA folder.")],
+) -> None:
+    """Revoke an identity's current certificate: every node refuses it on its next call (UNAUTHENTICATED)."""
+    cert = paths_for(directory, NodeId.parse(identity)).cert
+    if not cert.exists():
+        console.print(f"[red]no certificate for {identity} in {directory}[/red]")
+        raise typer.Exit(2)
+    serial = certificate_serial(cert)
+    path = revoke(directory, [serial])
+    console.print(f"revoked {identity} (serial {serial:x}); CRL {path}")
 
 
 @node_app.command("run")

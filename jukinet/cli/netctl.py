@@ -51,7 +51,7 @@ class LocalNetwork:
         for identity in identities:
             ensure(self.pki_dir, identity)
             if identity.role in (Role.CENTER, Role.PREFECTURE, Role.MUNICIPALITY):
-                ensure(self.pki_dir, NodeId(Role.OPERATOR, "demo", slug(identity)))
+                ensure(self.pki_dir, NodeId(Role.OPERATOR, "demo", slug(identity)), role="security-admin")
             if identity.role is Role.MUNICIPALITY:
                 ensure(self.pki_dir, NodeId(Role.REGISTER, identity.code))
 

@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from jukinet.domain.errors import InvalidField, PermissionDeniedError
+from jukinet.domain.errors import InvalidField, PermissionDeniedError, WrongPurpose
 from jukinet.domain.identity import NodeId, Role
 
 # What a purpose may be granted. "history" is the change history (reasons and dates).
@@ -42,7 +42,5 @@ class AgencyRegistry:
         purpose = agency.purposes.get(purpose_id)
         if purpose is None:
             granted = ", ".join(sorted(agency.purposes)) or "none"
-            raise PermissionDeniedError(
-                f"purpose {purpose_id[:64]!r} is not granted to agency {agency.id} (granted: {granted})"
-            )
+            raise WrongPurpose(f"purpose {purpose_id[:64]!r} is not granted to agency {agency.id} (granted: {granted})")
         return agency, purpose

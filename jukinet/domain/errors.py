@@ -36,6 +36,32 @@ class UnauthenticatedError(JukinetError):
     code = "UNAUTHENTICATED"
 
 
+class CertificateRevoked(UnauthenticatedError):
+    reason = "CERT_REVOKED"
+
+
+class CertificateExpired(UnauthenticatedError):
+    reason = "CERT_EXPIRED"
+
+
+class WrongRole(PermissionDeniedError):
+    """The caller's role (or operator role) may not call this method on this node."""
+
+    reason = "WRONG_ROLE"
+
+
+class WrongOrigin(PermissionDeniedError):
+    """The caller may not speak for this municipality."""
+
+    reason = "WRONG_ORIGIN"
+
+
+class WrongPurpose(PermissionDeniedError):
+    """The statutory purpose is not granted to this agency."""
+
+    reason = "WRONG_PURPOSE"
+
+
 class NotFoundError(JukinetError):
     """Nothing is recorded under the given key."""
 

@@ -8,19 +8,25 @@ from jukinet.pki.credentials import (
     channel_credentials,
     server_credentials,
 )
-from jukinet.pki.peer import peer_node_id
+from jukinet.pki.peer import PeerCertificate, peer_certificate, peer_node_id
+from jukinet.pki.revocation import RevocationList, certificate_serial, revoke
 
 __all__ = [
     "SECURE_CHANNEL_OPTIONS",
     "SECURE_SERVER_OPTIONS",
     "CertPaths",
     "CertificateReloader",
+    "PeerCertificate",
+    "RevocationList",
+    "certificate_serial",
     "channel_credentials",
     "create_ca",
     "ensure",
     "issue",
     "paths_for",
+    "peer_certificate",
     "peer_node_id",
+    "revoke",
     "server_credentials",
     "slug",
 ]

@@ -135,6 +135,7 @@ def issue(
     validity_days: int = 90,
     dns_names: Sequence[str] = ("localhost",),
     ip_addresses: Sequence[str] = ("127.0.0.1",),
+    role: str = "",
 ) -> CertPaths:
     """Issue a fresh P-256 certificate for `identity`, signed by the CA in `pki_dir`, replacing any old one.
 
@@ -147,12 +148,15 @@ def issue(
     public = key.public_key()
     now = _now()
     not_after = min(now + datetime.timedelta(days=validity_days), ca_cert.not_valid_after_utc)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, identity.uri[:_CN_MAX])]
+    if role:  # operator roles travel in the subject's OU (viewer, clerk, security-admin)
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
     sans += [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.uri[:_CN_MAX])]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca_cert.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
@@ -195,9 +199,12 @@ def ensure(
     validity_days: int = 90,
     dns_names: Sequence[str] = ("localhost",),
     ip_addresses: Sequence[str] = ("127.0.0.1",),
+    role: str = "",
 ) -> CertPaths:
     """Like `issue`, but only if the certificate or key file is missing."""
     paths = paths_for(pki_dir, identity)
     if paths.cert.exists() and paths.key.exists():
         return paths
-    return issue(pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses)
+    return issue(
+        pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses, role=role
+    )

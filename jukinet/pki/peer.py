@@ -1,9 +1,15 @@
 """Who is calling: the jukinet identity in the verified client certificate of a gRPC call."""
 
-from collections.abc import Iterable, Mapping
+import datetime
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from jukinet.domain.errors import UnauthenticatedError
 from jukinet.domain.identity import NodeId
@@ -38,3 +44,31 @@ def peer_node_id(context: "grpc.aio.ServicerContext[Any, Any] | grpc.ServicerCon
             f"peer certificate carries {len(ours)} jukinet:// URI SANs ({', '.join(ours)}); exactly one is required"
         )
     return NodeId.parse(ours[0])
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    serial: int
+    not_after: datetime.datetime
+    role: str  # the subject OU (operator role), "" when absent
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(pem: bytes) -> PeerCertificate:
+    cert = x509.load_pem_x509_certificate(pem)
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    role = str(units[0].value) if units else ""
+    return PeerCertificate(cert.serial_number, cert.not_valid_after_utc, role)
+
+
+def peer_certificate(context: "grpc.aio.ServicerContext[Any, Any] | grpc.ServicerContext") -> PeerCertificate:
+    """Serial, expiry and role of the caller's leaf certificate (parsed once per distinct certificate)."""
+    values = cast(Mapping[str, Sequence[bytes]], context.auth_context()).get("x509_pem_cert") or []
+    if len(values) != 1:
+        raise UnauthenticatedError("no client certificate reached the server")
+    return _parse(bytes(values[0]))
+
+
+def certificate_role(cert_path: Path) -> str:
+    """The operator role (subject OU) of a certificate file, "" when absent."""
+    return _parse(cert_path.read_bytes()).role

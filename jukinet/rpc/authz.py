@@ -1,6 +1,6 @@
 """Who may call what: (method -> roles) tables per node kind, and ownership rules."""
 
-from jukinet.domain.errors import PermissionDeniedError
+from jukinet.domain.errors import WrongOrigin, WrongRole
 from jukinet.domain.identity import NodeId, Role
 
 _PKG = "/jukinet.wire.v1."
@@ -59,33 +59,53 @@ def check_origin(caller: NodeId, origin: str, node: NodeId) -> None:
     naming the rule."""
     if caller.role in (Role.MUNICIPALITY, Role.REGISTER):
         if origin != caller.code:
-            raise PermissionDeniedError(
-                f"{caller.uri} may only send changes of its own municipality {caller.code}, not {origin}"
-            )
+            raise WrongOrigin(f"{caller.uri} may only send changes of its own municipality {caller.code}, not {origin}")
         if node.role is Role.PREFECTURE and caller.prefecture != node.code:
-            raise PermissionDeniedError(
+            raise WrongOrigin(
                 f"{caller.uri} belongs to prefecture {caller.prefecture}, not to this prefecture {node.code}"
             )
         if node.role is Role.MUNICIPALITY and origin != node.code:
-            raise PermissionDeniedError(f"{caller.uri} is not the register system of {node.uri}")
+            raise WrongOrigin(f"{caller.uri} is not the register system of {node.uri}")
         return
     if caller.role is Role.PREFECTURE:
         if not origin.startswith(caller.code):
-            raise PermissionDeniedError(
+            raise WrongOrigin(
                 f"{caller.uri} may only forward for municipalities of prefecture {caller.code}, not {origin}"
             )
         return
-    raise PermissionDeniedError(f"{caller.uri} may not send changes for any municipality")
+    raise WrongOrigin(f"{caller.uri} may not send changes for any municipality")
 
 
 def check_operator_of(caller: NodeId, node: NodeId) -> None:
     """Operators act on the node their certificate names (jukinet://operator/<node-slug>/<id>)."""
     expected = node.uri.removeprefix("jukinet://").replace("/", "-")
     if caller.role is not Role.OPERATOR or caller.node != expected:
-        raise PermissionDeniedError(f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)")
+        raise WrongRole(f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)")
 
 
 def crosses_links(method: str, policy: dict[str, frozenset[Role]]) -> bool:
     """Calls the emergency cut-off stops: everything but operator calls and the municipality's own
     register system (its internal side, not a network link)."""
     return method not in (RECORD_CHANGE, RECORD_CHANGES) and policy.get(method) != _OPERATOR
+
+
+# Operator roles (certificate subject OU) and what each may call; every role includes the ones before it.
+VIEWER, CLERK, SECURITY_ADMIN = "viewer", "clerk", "security-admin"
+ROLE_ORDER = (VIEWER, CLERK, SECURITY_ADMIN)
+OPERATOR_MINIMUM_ROLE = {
+    GET_STATUS: VIEWER,
+    GET_DIGEST: VIEWER,
+    DISCLOSE_RESIDENT: CLERK,
+    LIST_ACCESS_LOG: SECURITY_ADMIN,
+    CUT_OFF: SECURITY_ADMIN,
+    RESUME: SECURITY_ADMIN,
+}
+
+
+def check_operator_role(caller: NodeId, role: str, method: str) -> None:
+    """Raises WrongRole when the operator's role is below what the method needs (unknown roles get nothing)."""
+    needed = OPERATOR_MINIMUM_ROLE.get(method, SECURITY_ADMIN)
+    have = ROLE_ORDER.index(role) if role in ROLE_ORDER else -1
+    if have < ROLE_ORDER.index(needed):
+        short = method.rsplit("/", 1)[-1]
+        raise WrongRole(f"{caller.uri} has operator role {role or 'none'!r}; {short} needs {needed}")

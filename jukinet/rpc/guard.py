@@ -12,11 +12,17 @@ from typing import Any
 import grpc
 import structlog
 
-from jukinet.domain.errors import JukinetError, PermissionDeniedError, UnauthenticatedError
+from jukinet.domain.errors import (
+    CertificateExpired,
+    CertificateRevoked,
+    JukinetError,
+    UnauthenticatedError,
+    WrongRole,
+)
 from jukinet.domain.identity import NodeId, Role
 from jukinet.observability.metrics import NodeMetrics
-from jukinet.pki import peer_node_id
-from jukinet.rpc.authz import crosses_links
+from jukinet.pki import RevocationList, peer_certificate, peer_node_id
+from jukinet.rpc.authz import check_operator_role, crosses_links
 from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
 from jukinet.services.relay import CallInfo
@@ -55,11 +61,13 @@ class Guard:
         metrics: NodeMetrics,
         policy: dict[str, frozenset[Role]],
         switch: LinkSwitch | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._policy = policy
         self._switch = switch
+        self._revocations = revocations
 
     @asynccontextmanager
     async def call(
@@ -73,12 +81,11 @@ class Guard:
         try:
             caller = peer_node_id(context)
             peer = caller.uri
+            self._check_certificate(context, caller, method)
             allowed = self._policy.get(method, frozenset())
             if caller.role not in allowed:
                 roles = ", ".join(sorted(r.value for r in allowed)) or "nobody"
-                raise PermissionDeniedError(
-                    f"role {caller.role.value} may not call {short} on this node (allowed: {roles})"
-                )
+                raise WrongRole(f"role {caller.role.value} may not call {short} on this node (allowed: {roles})")
             link_switch = self._switch if crosses_links(method, self._policy) else None
             if link_switch is not None:
                 link_switch.check()
@@ -107,6 +114,18 @@ class Guard:
         finally:
             self._metrics.rpcs.labels(short, code.name).inc()
             self._metrics.rpc_duration.labels(short).observe(time.perf_counter() - started)
+
+    def _check_certificate(self, context: grpc.aio.ServicerContext[Any, Any], caller: NodeId, method: str) -> None:
+        """Revocation and expiry on every call (grpcio has no CRL option), and the operator's role."""
+        cert = peer_certificate(context)
+        if self._revocations is not None and self._revocations.is_revoked(cert.serial):
+            raise CertificateRevoked(
+                f"the certificate of {caller.uri} (serial {cert.serial:x}) is revoked; ask the network CA for a new one"
+            )
+        if cert.not_after < dt.datetime.now(dt.UTC):
+            raise CertificateExpired(f"the certificate of {caller.uri} expired at {cert.not_after.isoformat()}")
+        if caller.role is Role.OPERATOR:
+            check_operator_role(caller, cert.role, method)
 
     async def _refuse(
         self,

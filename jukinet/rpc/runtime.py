@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from jukinet.config import NodeConfig
 from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
-from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, paths_for, server_credentials
+from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, RevocationList, paths_for, server_credentials
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
@@ -33,6 +33,7 @@ class NodeContext:
     metrics: NodeMetrics
     paths: CertPaths
     switch: LinkSwitch
+    revocations: RevocationList
 
 
 @dataclass
@@ -102,7 +103,14 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     metrics = NodeMetrics()
     switch = LinkSwitch(config.identity.uri, store.read_sync(load_reason))
     metrics.cut_off.set(1 if switch.cut_off else 0)
-    ctx = NodeContext(config=config, store=store, metrics=metrics, paths=paths, switch=switch)
+    ctx = NodeContext(
+        config=config,
+        store=store,
+        metrics=metrics,
+        paths=paths,
+        switch=switch,
+        revocations=RevocationList(config.pki_dir),
+    )
     parts = build(ctx)
     server = grpc.aio.server(
         options=[

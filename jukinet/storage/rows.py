@@ -81,3 +81,23 @@ def registration_from(row: Any) -> Registration:
         seq=row.seq,
         replaced_by=row.replaced_by,
     )
+
+
+def registration_from_tuple(values: Any) -> Registration:
+    """A registration from a driver row in REGISTRATION_COLUMNS order."""
+    code, municipality, active, reason, effective, recorded_us, seq, replaced_by, name, alias, birth, sex, address = (
+        values
+    )
+    return Registration(
+        resident_code=code,
+        municipality=municipality,
+        items=IdentityItems(
+            name=name, alias=alias, birth_date=dt.date.fromisoformat(birth), sex=Sex(sex), address=address
+        ),
+        active=bool(active),
+        reason=ChangeReason(reason),
+        effective_date=dt.date.fromisoformat(effective),
+        recorded_at=from_us(recorded_us),
+        seq=seq,
+        replaced_by=replaced_by,
+    )

@@ -23,6 +23,7 @@ _INSERT_EVENT = _insert_sql("event", rows.EVENT_COLUMNS)
 _INSERT_ACCESS = _insert_sql(
     "access_log", ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome")
 )
+_SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
 _INSERT_PROVISION = _insert_sql(
     "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields", "channel")
 )
@@ -123,10 +124,13 @@ class SqlTx:
         return found
 
     def registrations_of(self, codes: Iterable[str]) -> dict[str, list[Registration]]:
+        """Every municipality's registration of each code (the agency hot path: driver-level query)."""
         found: dict[str, list[Registration]] = {}
         for chunk in _chunks(codes):
-            for row in self.conn.execute(select(registration).where(registration.c.resident_code.in_(chunk))):
-                found.setdefault(row.resident_code, []).append(rows.registration_from(row))
+            sql = _SELECT_REGISTRATIONS + ", ".join(self._placeholder for _ in chunk) + ")"
+            for values in self.conn.exec_driver_sql(sql, tuple(chunk)):
+                reg = rows.registration_from_tuple(values)
+                found.setdefault(reg.resident_code, []).append(reg)
         return found
 
     def events_by_request_id(self, request_ids: Iterable[str]) -> dict[str, ChangeEvent]:

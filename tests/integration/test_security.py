@@ -1,0 +1,97 @@
+"""Revocation, expiry and operator roles, enforced by every server on every call, without restarts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from jukinet.domain.identity import NodeId, Role
+from jukinet.pki import certificate_serial, create_ca, ensure, issue, revoke
+from jukinet.rpc.runtime import RunningNode
+from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc
+from tests.helpers.nodes import channel, start
+
+PREFECTURE = NodeId(Role.PREFECTURE, "13")
+
+
+@pytest.fixture
+def own_pki(tmp_path: Path) -> Path:
+    """A PKI of this test's own: revoking must not touch the session's shared CA."""
+    pki = tmp_path / "pki"
+    create_ca(pki)
+    ensure(pki, NodeId(Role.CENTER))
+    ensure(pki, PREFECTURE)
+    for op_id, role in (("admin", "security-admin"), ("viewer", "viewer"), ("clerk", "clerk")):
+        ensure(pki, NodeId(Role.OPERATOR, op_id, "center"), role=role)
+    return pki
+
+
+@pytest.fixture
+async def center(own_pki: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    node = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", own_pki)
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+def _cursors() -> relay_pb2.GetCursorsRequest:
+    return relay_pb2.GetCursorsRequest(origins=["132080"])
+
+
+async def test_a_revoked_caller_is_refused_on_its_next_call_and_a_renewed_one_accepted(
+    center: RunningNode, own_pki: Path
+) -> None:
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        stub = relay_pb2_grpc.RelayServiceStub(ch)
+        await stub.GetCursors(_cursors(), timeout=5)
+        revoke(own_pki, [certificate_serial(own_pki / "prefecture-13.pem")])
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetCursors(_cursors(), timeout=5)  # same connection, next call
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in (caught.value.details() or "")
+    issue(own_pki, PREFECTURE)  # renewed: a new key and serial, the server was not restarted
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        reply = await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(_cursors(), timeout=5)
+        assert reply.cursors[0].origin == "132080"
+    assert center.ctx.metrics.refused_calls.labels("CERT_REVOKED")._value.get() == 1
+
+
+async def test_an_expired_certificate_is_refused(center: RunningNode, own_pki: Path) -> None:
+    issue(own_pki, PREFECTURE, validity_days=0)  # not after "now": expired by the time it is used
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(_cursors(), timeout=5)
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+
+
+@pytest.mark.parametrize(
+    ("operator", "allowed"),
+    [
+        ("jukinet://operator/center/viewer", {"GetStatus"}),
+        ("jukinet://operator/center/clerk", {"GetStatus"}),
+        ("jukinet://operator/center/admin", {"GetStatus", "ListAccessLog", "CutOff", "Resume"}),
+    ],
+)
+async def test_operator_roles_gate_admin_calls(
+    center: RunningNode, own_pki: Path, operator: str, allowed: set[str]
+) -> None:
+    async with channel(own_pki, operator, center.address) as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "GetStatus": lambda: stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5),
+            "ListAccessLog": lambda: stub.ListAccessLog(admin_pb2.ListAccessLogRequest(), timeout=5),
+            "CutOff": lambda: stub.CutOff(admin_pb2.CutOffRequest(reason="drill"), timeout=5),
+            "Resume": lambda: stub.Resume(admin_pb2.ResumeRequest(), timeout=5),
+        }
+        for name, make in calls.items():
+            if name in allowed:
+                await make()
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await make()
+                assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, name
+                assert "needs security-admin" in (caught.value.details() or "")
