@@ -363,6 +363,10 @@ class Workload:
         """Living residents the model holds for the municipality (pending ones included)."""
         return len(self._living[self._known(municipality_code)])
 
+    def resident_codes(self, municipality_code: str) -> list[str]:
+        """The codes of the living residents the model holds for the municipality."""
+        return sorted(r.code for r in self._living[self._known(municipality_code)].values())
+
     def pending(self) -> int:
         """Changes handed out and neither recorded nor released yet."""
         return len(self._pending)

@@ -23,19 +23,31 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.model import RegisterChange
 from jukinet.pki import slug
 from jukinet.synthetic import Workload
-from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, register_pb2_grpc
+from jukinet.wire.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    disclosure_pb2,
+    disclosure_pb2_grpc,
+    provision_pb2,
+    provision_pb2_grpc,
+    register_pb2_grpc,
+)
 
 console = Console()
 MUNICIPALITIES = {"132080": "調布市", "132187": "福生市", "012084": "北見市"}
 PREFECTURES = {"13": "東京都", "01": "北海道"}
 
 
+AGENCY_REGISTRY = Path(__file__).resolve().parents[2] / "deploy" / "agencies.toml"
+PENSION = NodeId(Role.AGENCY, "pension")
+
+
 def start_network(root: Path, *, database_url: dict[str, str] | None = None) -> LocalNetwork:
     net = LocalNetwork(root, database_url=database_url or {})
     prefectures = [NodeId(Role.PREFECTURE, p) for p in PREFECTURES]
     municipalities = [NodeId(Role.MUNICIPALITY, m) for m in MUNICIPALITIES]
-    net.prepare_pki([CENTER, *prefectures, *municipalities])
-    center = net.start(CENTER)
+    net.prepare_pki([CENTER, *prefectures, *municipalities, PENSION])
+    center = net.start(CENTER, agencies=AGENCY_REGISTRY if AGENCY_REGISTRY.exists() else None)
     pref_nodes = {p.code: net.start(p, upstream=center.listen) for p in prefectures}
     for m in municipalities:
         net.start(m, upstream=pref_nodes[m.prefecture].listen)
@@ -167,9 +179,48 @@ async def run_demo(root: Path, residents: int, changes: int, seed: int) -> bool:
                     break
                 await asyncio.sleep(0.5)
             progress.update(task3, total=1, completed=1)
-        return report(net, pusher, digests, await _statuses(net, op))
+        ok = report(net, pusher, digests, await _statuses(net, op))
+        if AGENCY_REGISTRY.exists():
+            await agency_scene(net, workload)
+        return ok
     finally:
         net.stop_all()
+
+
+async def agency_scene(net: LocalNetwork, workload: Workload) -> None:
+    """The pension body checks its recipients in bulk; one resident then learns who received their data."""
+    center = net.nodes[slug(CENTER)]
+    codes = [c for m in MUNICIPALITIES for c in workload.resident_codes(m)]
+    async with client_channel(center.listen, net.pki_dir, PENSION.uri) as channel:
+        stub = provision_pb2_grpc.ProvisionServiceStub(channel)
+        requests = [
+            provision_pb2.LookupResidentsRequest(
+                purpose="pension-proof-of-life" if i == 0 else "", resident_codes=chunk
+            )
+            for i, chunk in enumerate(codes[j : j + 2000] for j in range(0, len(codes), 2000))
+        ]
+        found = 0
+        async for response in stub.LookupResidents(iter(requests)):
+            found += sum(1 for r in response.results if r.status_code == 0)
+        one = codes[0]
+        await stub.LookupResident(provision_pb2.LookupResidentRequest(purpose="pension-benefit", resident_code=one))
+    console.print(f"agency jukinet://agency/pension checked {len(codes)} residents in one bulk stream: {found} found")
+    async with client_channel(center.listen, net.pki_dir, center.operator) as channel:
+        disclosure = await disclosure_pb2_grpc.DisclosureServiceStub(channel).DiscloseResident(
+            disclosure_pb2.DiscloseResidentRequest(resident_code=one), timeout=10
+        )
+    table = Table(title=f"提供状況開示: who received the data of {one} ({disclosure.record.items.name})")
+    for column in ("when (UTC)", "agency", "purpose", "fields", "how"):
+        table.add_column(column)
+    for p in disclosure.provisions:
+        table.add_row(
+            p.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            p.agency_name,
+            p.purpose_name,
+            " ".join(p.fields),
+            p.channel,
+        )
+    console.print(table)
 
 
 async def _statuses(net: LocalNetwork, op: Operator) -> dict[str, admin_pb2.GetStatusResponse]:

@@ -56,7 +56,13 @@ class LocalNetwork:
                 ensure(self.pki_dir, NodeId(Role.REGISTER, identity.code))
 
     def start(
-        self, identity: NodeId, *, upstream: str = "", listen: str = "127.0.0.1:0", timeout: float = 60
+        self,
+        identity: NodeId,
+        *,
+        upstream: str = "",
+        listen: str = "127.0.0.1:0",
+        timeout: float = 60,
+        agencies: Path | None = None,
     ) -> NodeProcess:
         name = slug(identity)
         kind = identity.role.value
@@ -72,6 +78,8 @@ class LocalNetwork:
             f'pki_dir = "{self.pki_dir}"',
             'metrics_listen = "127.0.0.1:0"',
         ]
+        if agencies is not None:
+            lines.append(f'agencies = "{agencies}"')
         if upstream:
             lines += ["", "[upstream]", f'address = "{upstream}"']
         config.write_text("\n".join(lines) + "\n" + self.extra_config, encoding="utf-8")
