@@ -20,7 +20,7 @@ def build(ctx: NodeContext) -> NodeParts:
     config = ctx.config
     node = config.identity
     prefecture = NodeId(Role.PREFECTURE, node.prefecture)
-    credentials = channel_credentials(ctx.paths)
+    credentials = partial(channel_credentials, ctx.paths)  # re-read per connection: certificate renewals
     guard = Guard(ctx.store, ctx.metrics, authz.MUNICIPALITY_POLICY, ctx.switch, ctx.revocations)
     forwarder = Forwarder(
         store=ctx.store,

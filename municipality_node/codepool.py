@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -39,7 +40,7 @@ class CodePoolKeeper:
         store: Store,
         upstream: str,
         upstream_identity: str,
-        credentials: grpc.ChannelCredentials,
+        credentials: Callable[[], grpc.ChannelCredentials],
         metrics: NodeMetrics,
         refill_below: int,
         block_size: int,
@@ -61,40 +62,42 @@ class CodePoolKeeper:
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
-        async with grpc.aio.secure_channel(self._upstream, self._credentials, options=SECURE_CHANNEL_OPTIONS) as ch:
-            stub = codepool_pb2_grpc.CodePoolServiceStub(ch)
-            request_id = uuid.uuid4().hex
-            while not stop.is_set():
-                if self._switch is not None and self._switch.cut_off:
-                    await _sleep(stop, 1.0)  # no traffic on the node's links while cut off
-                    continue
+        request_id = uuid.uuid4().hex
+        while not stop.is_set():
+            if self._switch is not None and self._switch.cut_off:
+                await _sleep(stop, 1.0)  # no traffic on the node's links while cut off
+                continue
+            try:
+                free = await self._store.read(free_count)
+            except Exception as error:  # a database hiccup must not stop the node
+                log.error("code_pool_check_failed", error=repr(error))
+                await _sleep(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._metrics.free_codes.set(free)
+            if free < self._refill_below:
                 try:
-                    free = await self._store.read(free_count)
-                except Exception as error:  # a database hiccup must not stop the node
-                    log.error("code_pool_check_failed", error=repr(error))
+                    # A channel per refill: refills are rare, and a renewed certificate is picked up.
+                    async with grpc.aio.secure_channel(
+                        self._upstream, self._credentials(), options=SECURE_CHANNEL_OPTIONS
+                    ) as channel:
+                        await self._refill(codepool_pb2_grpc.CodePoolServiceStub(channel), request_id)
+                    request_id = uuid.uuid4().hex  # the next block is a new request
+                    backoff = 0.5
+                    continue
+                except Exception as error:  # unreachable upstream, a bad answer, a database error
+                    detail = (
+                        f"{error.code().name}: {error.details()}"
+                        if isinstance(error, grpc.aio.AioRpcError)
+                        else repr(error)
+                    )
+                    log.warning("code_pool_refill_failed", error=detail, retry_in=backoff)
                     await _sleep(stop, backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
-                self._metrics.free_codes.set(free)
-                if free < self._refill_below:
-                    try:
-                        await self._refill(stub, request_id)
-                        request_id = uuid.uuid4().hex  # the next block is a new request
-                        backoff = 0.5
-                        continue
-                    except Exception as error:  # unreachable upstream, a bad answer, a database error
-                        detail = (
-                            f"{error.code().name}: {error.details()}"
-                            if isinstance(error, grpc.aio.AioRpcError)
-                            else repr(error)
-                        )
-                        log.warning("code_pool_refill_failed", error=detail, retry_in=backoff)
-                        await _sleep(stop, backoff)
-                        backoff = min(backoff * 2, 10.0)
-                        continue
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
 
     async def _refill(self, stub: codepool_pb2_grpc.CodePoolServiceAsyncStub, request_id: str) -> None:
         reply = await stub.AllocateCodes(

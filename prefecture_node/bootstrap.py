@@ -1,9 +1,11 @@
 """Composition root of a prefecture node: receives from its municipalities, forwards to the center."""
 
+from functools import partial
+
 import grpc
 
 from jukinet.domain.identity import NodeId, Role
-from jukinet.pki import SECURE_CHANNEL_OPTIONS, channel_credentials
+from jukinet.pki import channel_credentials
 from jukinet.rpc import authz
 from jukinet.rpc.admin_servicer import AdminServicer
 from jukinet.rpc.forwarder import Forwarder
@@ -24,7 +26,7 @@ from prefecture_node.codepool import CodePoolRelayServicer
 def build(ctx: NodeContext) -> NodeParts:
     config = ctx.config
     node = config.identity
-    credentials = channel_credentials(ctx.paths)
+    credentials = partial(channel_credentials, ctx.paths)  # re-read per connection: certificate renewals
     guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY, ctx.switch, ctx.revocations)
     forwarder = Forwarder(
         store=ctx.store,
@@ -37,17 +39,13 @@ def build(ctx: NodeContext) -> NodeParts:
         switch=ctx.switch,
     )
     relay = RelayServicer(node, ctx.store, guard, ctx.metrics, on_applied=forwarder.notify)
-    center_channel = grpc.aio.secure_channel(config.upstream, credentials, options=SECURE_CHANNEL_OPTIONS)
-    codepool = CodePoolRelayServicer(node, ctx.store, guard, codepool_pb2_grpc.CodePoolServiceStub(center_channel))
+    codepool = CodePoolRelayServicer(node, ctx.store, guard, config.upstream, credentials)
     admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded, switch=ctx.switch, metrics=ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
         codepool_pb2_grpc.add_CodePoolServiceServicer_to_server(codepool, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-
-    async def close_channel() -> None:
-        await center_channel.close(None)
 
     return NodeParts(
         add_servicers=[add],
@@ -57,5 +55,4 @@ def build(ctx: NodeContext) -> NodeParts:
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         ],
         tasks=[forwarder.run],
-        close=[close_channel],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -10,6 +11,7 @@ import grpc
 from jukinet.domain.errors import UpstreamUnavailable
 from jukinet.domain.identity import NodeId
 from jukinet.domain.validate import local_gov_code, request_id
+from jukinet.pki import SECURE_CHANNEL_OPTIONS
 from jukinet.rpc import authz
 from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
 from jukinet.services.ports import AccessEntry
@@ -19,12 +21,18 @@ from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
 
 class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
     def __init__(
-        self, node: NodeId, store: Store, guard: Guard, center: codepool_pb2_grpc.CodePoolServiceAsyncStub
+        self,
+        node: NodeId,
+        store: Store,
+        guard: Guard,
+        center: str,
+        credentials: Callable[[], grpc.ChannelCredentials],
     ) -> None:
         self._node = node
+        self._center_address = center
+        self._credentials = credentials
         self._store = store
         self._guard = guard
-        self._center = center
 
     async def AllocateCodes(
         self, request: codepool_pb2.AllocateCodesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -34,9 +42,13 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
             municipality = local_gov_code("municipality_code", request.municipality_code)
             authz.check_origin(call.caller, municipality, self._node)
             try:
-                reply: codepool_pb2.AllocateCodesResponse = await self._center.AllocateCodes(
-                    request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0
-                )
+                # A channel per request: pools are requested rarely, and renewed certificates are picked up.
+                async with grpc.aio.secure_channel(
+                    self._center_address, self._credentials(), options=SECURE_CHANNEL_OPTIONS
+                ) as channel:
+                    reply: codepool_pb2.AllocateCodesResponse = await codepool_pb2_grpc.CodePoolServiceStub(
+                        channel
+                    ).AllocateCodes(request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0)
             except grpc.aio.AioRpcError as error:
                 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
                     await context.abort(error.code(), f"center: {error.details()}")

@@ -11,7 +11,7 @@ import datetime as dt
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -41,7 +41,7 @@ class Forwarder:
         store: Store,
         upstream: str,
         upstream_identity: str,
-        credentials: grpc.ChannelCredentials,
+        credentials: Callable[[], grpc.ChannelCredentials],
         metrics: NodeMetrics,
         origins: Mapping[str, int] | None = None,
         batch_size: int = 2000,
@@ -128,7 +128,9 @@ class Forwarder:
                 continue
             try:
                 async with grpc.aio.secure_channel(
-                    self._upstream, self._credentials, options=SECURE_CHANNEL_OPTIONS
+                    self._upstream,
+                    self._credentials(),
+                    options=SECURE_CHANNEL_OPTIONS,  # re-read: renewals
                 ) as channel:
                     await self._session(relay_pb2_grpc.RelayServiceStub(channel), stop)
                 backoff = 0.2
