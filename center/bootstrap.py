@@ -14,6 +14,7 @@ from jukinet.rpc.runtime import NodeContext, NodeParts
 from jukinet.services.quota import Quotas
 from jukinet.storage.center_tx import CenterTx
 from jukinet.storage.queries import provided_today
+from jukinet.storage.schema import SEARCH_INDEX
 from jukinet.wire.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -33,6 +34,8 @@ def build(ctx: NodeContext) -> NodeParts:
     relay = RelayServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, tx=CenterTx)
     codepool = CodePoolServicer(ctx.store, guard)
     registry = load_agencies(ctx.config.agencies)
+    with ctx.store.engine.begin() as conn:  # agency search: an index only the center needs
+        conn.exec_driver_sql(SEARCH_INDEX)
     quotas = Quotas()
     for agency, items in ctx.store.read_sync(provided_today).items():
         quotas.preload(agency, items)

@@ -32,7 +32,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         store: Store,
         guard: Guard,
         metrics: NodeMetrics,
-        on_applied: Callable[[str, int, Sequence[types_pb2.ChangeEvent]], None] = lambda origin, seq, events: None,
+        on_applied: Callable[[str, int, Sequence[types_pb2.ChangeEvent]], None] | None = None,
         tx: Callable[[Connection], RelayTx] = SqlTx,
     ) -> None:
         self._node = node
@@ -83,8 +83,9 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         self._metrics.changes_applied.inc(outcome.applied)
         self._metrics.changes_duplicate.inc(outcome.duplicates)
         if outcome.applied:
-            fresh = [event_to_pb(e) for e in events[len(events) - outcome.applied :]]  # validated, re-encoded
-            self._on_applied(origin, outcome.acked_seq, fresh)
+            if self._on_applied is not None:  # a next hop exists (prefecture): hand it the validated events
+                fresh = [event_to_pb(e) for e in events[len(events) - outcome.applied :]]
+                self._on_applied(origin, outcome.acked_seq, fresh)
             self._new_events.set()
             self._new_events = asyncio.Event()
 

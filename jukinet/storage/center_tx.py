@@ -7,35 +7,25 @@ from sqlalchemy import func, insert, select
 from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.domain.normalize import search_key
 from jukinet.storage import rows
-from jukinet.storage.schema import event, feed_item, feed_subscription
-from jukinet.storage.schema import search_key as search_key_table
+from jukinet.storage.schema import event, feed_item, feed_subscription, registration
 from jukinet.storage.sql_tx import SqlTx, _insert_sql
 
-_UPSERT_SEARCH_KEY = _insert_sql(
-    "search_key", ("resident_code", "municipality", "name_key", "address_key", "birth_date", "sex")
-) + (
-    " ON CONFLICT (resident_code, municipality) DO UPDATE SET name_key = excluded.name_key,"
-    " address_key = excluded.address_key, birth_date = excluded.birth_date, sex = excluded.sex"
+_KEYED_COLUMNS = (*rows.REGISTRATION_COLUMNS, "name_key", "address_key")
+_UPSERT_KEYED_REGISTRATION = _insert_sql("registration", _KEYED_COLUMNS) + (
+    " ON CONFLICT (resident_code, municipality) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _KEYED_COLUMNS[2:])
 )
 _INSERT_FEED_ITEM = _insert_sql("feed_item", ("agency", "purpose", "seq", "event_id"))
 
 
 class CenterTx(SqlTx):
     def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
-        regs = list(registrations)
-        super().upsert_registrations(regs)
+        """The center also stores each registration's search keys (indexed by name key, center only)."""
         self._executemany(
-            _UPSERT_SEARCH_KEY,
+            _UPSERT_KEYED_REGISTRATION,
             [
-                (
-                    r.resident_code,
-                    r.municipality,
-                    search_key(r.items.name),
-                    search_key(r.items.address),
-                    r.items.birth_date.isoformat(),
-                    int(r.items.sex),
-                )
-                for r in regs
+                (*rows.registration_tuple(r), search_key(r.items.name), search_key(r.items.address))
+                for r in registrations
             ],
         )
 
@@ -43,11 +33,11 @@ class CenterTx(SqlTx):
         self, *, name_key: str, birth_date: str = "", sex: int = 0, address_key: str = "", limit: int
     ) -> list[str]:
         """Codes with a registration whose keys match exactly (current or past registrations)."""
-        query = select(search_key_table.c.resident_code).where(search_key_table.c.name_key == name_key)
+        query = select(registration.c.resident_code).where(registration.c.name_key == name_key)
         if address_key:
-            query = query.where(search_key_table.c.address_key == address_key)
+            query = query.where(registration.c.address_key == address_key)
         else:
-            query = query.where(search_key_table.c.birth_date == birth_date, search_key_table.c.sex == sex)
+            query = query.where(registration.c.birth_date == birth_date, registration.c.sex == sex)
         return list(dict.fromkeys(self.conn.execute(query.limit(limit)).scalars()))
 
     # -- change feed -------------------------------------------------------------------------------------

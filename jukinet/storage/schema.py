@@ -64,8 +64,13 @@ registration = Table(
     Column("birth_date", String(10), nullable=False),
     Column("sex", SmallInteger, nullable=False),
     Column("address", String(200), nullable=False),
+    # Center only: normalized search keys (jukinet.domain.normalize); empty at the other tiers. Their index
+    # is created by the center alone (SEARCH_INDEX), so the other tiers pay nothing for agency search.
+    Column("name_key", String(100), nullable=False, server_default=""),
+    Column("address_key", String(200), nullable=False, server_default=""),
 )
 Index("ix_registration_municipality", registration.c.municipality)
+SEARCH_INDEX = "CREATE INDEX IF NOT EXISTS ix_registration_name_key ON registration (name_key)"
 
 # Every call this node served or made, written in the same transaction as its effect.
 access_log = Table(
@@ -125,21 +130,6 @@ provision_log = Table(
     Column("channel", String(8), nullable=False),  # lookup | search | bulk | feed
 )
 Index("ix_provision_log_resident_code", provision_log.c.resident_code)
-
-# Center: normalized search keys per registration (jukinet.domain.normalize.search_key), for the two
-# allowed key sets: name + birth date + sex, and name + address.
-search_key = Table(
-    "search_key",
-    metadata,
-    Column("resident_code", String(11), primary_key=True),
-    Column("municipality", String(6), primary_key=True),
-    Column("name_key", String(100), nullable=False),
-    Column("address_key", String(200), nullable=False),
-    Column("birth_date", String(10), nullable=False),
-    Column("sex", SmallInteger, nullable=False),
-)
-Index("ix_search_key_name_birth_sex", search_key.c.name_key, search_key.c.birth_date, search_key.c.sex)
-Index("ix_search_key_name_address", search_key.c.name_key, search_key.c.address_key)
 
 # Center: change-feed subscribers (agency, purpose) and the items delivered to them, numbered per subscriber.
 feed_subscription = Table(
