@@ -8,6 +8,8 @@ from center.provision_servicer import ProvisionServicer
 from jukinet.config import load_agencies
 from jukinet.rpc import authz
 from jukinet.rpc.admin_servicer import AdminServicer
+from jukinet.rpc.audit_servicer import AuditServicer
+from jukinet.rpc.checkpointer import Checkpointer
 from jukinet.rpc.guard import Guard
 from jukinet.rpc.relay_servicer import RelayServicer
 from jukinet.rpc.runtime import NodeContext, NodeParts
@@ -18,6 +20,8 @@ from jukinet.storage.schema import SEARCH_INDEX
 from jukinet.wire.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     codepool_pb2,
     codepool_pb2_grpc,
     disclosure_pb2,
@@ -42,6 +46,8 @@ def build(ctx: NodeContext) -> NodeParts:
     provision = ProvisionServicer(ctx.store, guard, registry, quotas, new_events=relay.new_events, metrics=ctx.metrics)
     disclosure = DisclosureServicer(ctx.config.identity, ctx.store, guard, registry)
     admin = AdminServicer(ctx.config.identity, ctx.store, guard, switch=ctx.switch, metrics=ctx.metrics)
+    audit = AuditServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, ctx.paths)
+    checkpointer = Checkpointer(node=ctx.config.identity, store=ctx.store, paths=ctx.paths, metrics=ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
@@ -49,6 +55,7 @@ def build(ctx: NodeContext) -> NodeParts:
         provision_pb2_grpc.add_ProvisionServiceServicer_to_server(provision, server)
         disclosure_pb2_grpc.add_DisclosureServiceServicer_to_server(disclosure, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
 
     return NodeParts(
         add_servicers=[add],
@@ -58,5 +65,7 @@ def build(ctx: NodeContext) -> NodeParts:
             provision_pb2.DESCRIPTOR.services_by_name["ProvisionService"].full_name,
             disclosure_pb2.DESCRIPTOR.services_by_name["DisclosureService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ],
+        tasks=[checkpointer.run],
     )

@@ -8,6 +8,7 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import channel_credentials
 from jukinet.rpc import authz
 from jukinet.rpc.admin_servicer import AdminServicer
+from jukinet.rpc.checkpointer import Checkpointer
 from jukinet.rpc.forwarder import Forwarder
 from jukinet.rpc.guard import Guard
 from jukinet.rpc.runtime import NodeContext, NodeParts
@@ -52,6 +53,15 @@ def build(ctx: NodeContext) -> NodeParts:
         on_pool_exhausted=keeper.request_refill,
     )
     admin = AdminServicer(node, ctx.store, guard, forwarded=forwarder.forwarded, switch=ctx.switch, metrics=ctx.metrics)
+    checkpointer = Checkpointer(
+        node=node,
+        store=ctx.store,
+        paths=ctx.paths,
+        metrics=ctx.metrics,
+        upstream=config.upstream,
+        credentials=credentials,
+        switch=ctx.switch,
+    )
 
     def add(server: grpc.aio.Server) -> None:
         register_pb2_grpc.add_RegisterServiceServicer_to_server(register, server)
@@ -63,5 +73,5 @@ def build(ctx: NodeContext) -> NodeParts:
             register_pb2.DESCRIPTOR.services_by_name["RegisterService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         ],
-        tasks=[forwarder.run, keeper.run],
+        tasks=[forwarder.run, keeper.run, checkpointer.run],
     )

@@ -115,5 +115,7 @@ def check_extension(witnessed: Position, base: Position, digests: list[bytes], n
                 f" (head {witnessed.head.hex()[:16]}…): its history was rewritten"
             )
     if head != new.head:
-        return Extension(f"the entries {base.size + 1}..{new.size} do not lead to the signed head {new.head.hex()[:16]}…")
+        return Extension(
+            f"the entries {base.size + 1}..{new.size} do not lead to the signed head {new.head.hex()[:16]}…"
+        )
     return Extension()

@@ -85,7 +85,9 @@ def certificate_uri(cert: x509.Certificate) -> str:
     return uris[0] if len(uris) == 1 else ""
 
 
-def check_certificate(pem: bytes, expected_uri: str, at_us: int, ca: x509.Certificate | None = None) -> x509.Certificate:
+def check_certificate(
+    pem: bytes, expected_uri: str, at_us: int, ca: x509.Certificate | None = None
+) -> x509.Certificate:
     """The certificate, once it names `expected_uri`, was valid at `at_us` and (given the CA) was issued by
     the network CA. Raises SignatureProblem."""
     cert = load_certificate(pem)
@@ -157,5 +159,6 @@ class SignedCheckpoint:
         data = countersign_bytes(cp, self.signature, self.witness, self.witnessed_us)
         if not verify(cert, self.countersignature, data):
             raise SignatureProblem(
-                f"the countersignature of {self.witness} on the checkpoint of {cp.node} at size {cp.size} does not verify"
+                f"the countersignature of {self.witness} on the checkpoint of {cp.node} at size {cp.size}"
+                " does not verify"
             )

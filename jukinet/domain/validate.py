@@ -25,6 +25,7 @@ from jukinet.domain.model import (
     Sex,
     effect_of,
 )
+from jukinet.domain.normalize import search_key
 
 JST = ZoneInfo("Asia/Tokyo")
 _ONE_DAY = dt.timedelta(days=1)
@@ -35,6 +36,7 @@ EARLIEST_DATE = dt.date(1850, 1, 1)
 _ISO_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _EDGE_SPACES = " \u3000\t"
+_MAX_KEY_EXPANSION = 18  # characters one character can become: U+FDFA under NFKC
 
 
 _today_cache: tuple[float, dt.date] = (0.0, dt.date.min)
@@ -84,6 +86,21 @@ def text(field: str, value: str, *, max_chars: int, required: bool = True) -> st
                 f"character U+{ord(char):04X} at position {position} is not allowed (control or unassigned)",
             )
     return normalized
+
+
+def searchable(field: str, value: str, *, max_chars: int) -> str:
+    """A name or address whose search key (NFKC, folded: the center stores and indexes it with the same
+    limit) still fits: a few characters expand (ß -> ss, ㍻ -> 平成, U+FDFA -> 18 characters)."""
+    if value.isascii() or len(value) * _MAX_KEY_EXPANSION <= max_chars:
+        return value  # cannot expand past the limit (ASCII never does): skip the key on the hot path
+    length = len(search_key(value))
+    if length > max_chars:
+        raise InvalidField(
+            field,
+            f"its search form (NFKC, case-folded) is {length} characters long; the limit is {max_chars} "
+            "(compatibility characters such as ligatures or squared signs expand; send the plain form)",
+        )
+    return value
 
 
 def iso_date(field: str, value: str, *, today: dt.date | None = None) -> dt.date:
@@ -159,11 +176,17 @@ def identity_items(
     today: dt.date | None = None,
 ) -> IdentityItems:
     return IdentityItems(
-        name=text(f"{prefix}name", name, max_chars=MAX_NAME_CHARS),
+        name=searchable(
+            f"{prefix}name", text(f"{prefix}name", name, max_chars=MAX_NAME_CHARS), max_chars=MAX_NAME_CHARS
+        ),
         alias=text(f"{prefix}alias", alias, max_chars=MAX_NAME_CHARS, required=False),
         birth_date=iso_date(f"{prefix}birth_date", birth_date, today=today),
         sex=sex(f"{prefix}sex", sex_value),
-        address=text(f"{prefix}address", address, max_chars=MAX_ADDRESS_CHARS),
+        address=searchable(
+            f"{prefix}address",
+            text(f"{prefix}address", address, max_chars=MAX_ADDRESS_CHARS),
+            max_chars=MAX_ADDRESS_CHARS,
+        ),
     )
 
 

@@ -71,6 +71,23 @@ class NodeMetrics:
             ["agency"],
             registry=r,
         )
+        self.audit_flagged_children = Gauge(
+            "jukinet_audit_flagged_children",
+            "Children whose access log stopped extending its witnessed checkpoint, not yet acknowledged.",
+            registry=r,
+        )
+        self.audit_checkpoints = Counter(
+            "jukinet_audit_checkpoints_total",
+            "Access-log checkpoints: signed (own), countersigned (own, by the parent), witnessed (a child's),"
+            " refused (own, by the parent), flagged (a child's).",
+            ["event"],
+            registry=r,
+        )
+        self.audit_log_diverged = Gauge(
+            "jukinet_audit_log_diverged",
+            "1 while this node's own log does not extend its last witnessed checkpoint (or the parent says so).",
+            registry=r,
+        )
 
 
 def start_metrics_server(metrics: NodeMetrics, listen: str) -> WSGIServer:

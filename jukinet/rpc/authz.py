@@ -19,6 +19,8 @@ SEARCH_RESIDENTS = _PKG + "ProvisionService/SearchResidents"
 LOOKUP_RESIDENTS = _PKG + "ProvisionService/LookupResidents"
 FOLLOW_CHANGES = _PKG + "ProvisionService/FollowChanges"
 DISCLOSE_RESIDENT = _PKG + "DisclosureService/DiscloseResident"
+SUBMIT_CHECKPOINT = _PKG + "AuditService/SubmitCheckpoint"
+ACKNOWLEDGE_AUDIT_ALERT = _PKG + "AuditService/AcknowledgeAuditAlert"
 
 _OPERATOR = frozenset({Role.OPERATOR})
 _ADMIN = {
@@ -38,6 +40,8 @@ PREFECTURE_POLICY = {
     PUSH_EVENTS: frozenset({Role.MUNICIPALITY}),
     GET_CURSORS: frozenset({Role.MUNICIPALITY}),
     ALLOCATE_CODES: frozenset({Role.MUNICIPALITY}),
+    SUBMIT_CHECKPOINT: frozenset({Role.MUNICIPALITY}),
+    ACKNOWLEDGE_AUDIT_ALERT: _OPERATOR,
     **_ADMIN,
 }
 CENTER_POLICY = {
@@ -49,6 +53,8 @@ CENTER_POLICY = {
     LOOKUP_RESIDENTS: frozenset({Role.AGENCY}),
     FOLLOW_CHANGES: frozenset({Role.AGENCY}),
     DISCLOSE_RESIDENT: _OPERATOR,
+    SUBMIT_CHECKPOINT: frozenset({Role.PREFECTURE}),
+    ACKNOWLEDGE_AUDIT_ALERT: _OPERATOR,
     **_ADMIN,
 }
 
@@ -99,6 +105,7 @@ OPERATOR_MINIMUM_ROLE = {
     LIST_ACCESS_LOG: SECURITY_ADMIN,
     CUT_OFF: SECURITY_ADMIN,
     RESUME: SECURITY_ADMIN,
+    ACKNOWLEDGE_AUDIT_ALERT: SECURITY_ADMIN,
 }
 
 

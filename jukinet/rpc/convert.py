@@ -51,7 +51,9 @@ def register_change_or_refusal(pb: register_pb2.RegisterChange) -> RegisterChang
     try:
         return register_change_from_pb(pb)
     except InvalidField as error:
-        return Refused(pb.request_id[:64], error)
+        # Echoed and access-logged in the batch's transaction: PostgreSQL text cannot hold NUL, and one
+        # bad request_id must not fail the changes around it.
+        return Refused(pb.request_id[:64].replace("\x00", "\ufffd"), error)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

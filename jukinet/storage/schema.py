@@ -10,6 +10,7 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -72,7 +73,8 @@ registration = Table(
 Index("ix_registration_municipality", registration.c.municipality)
 SEARCH_INDEX = "CREATE INDEX IF NOT EXISTS ix_registration_name_key ON registration (name_key)"
 
-# Every call this node served or made, written in the same transaction as its effect.
+# Every call this node served or made, written in the same transaction as its effect. Hash-chained
+# (jukinet.audit.chain): entry_hash = SHA-256(prev_hash || SHA-256(canonical(row))), in id order.
 access_log = Table(
     "access_log",
     metadata,
@@ -85,7 +87,63 @@ access_log = Table(
     Column("purpose", String(64), nullable=False),
     Column("subjects", Text, nullable=False),  # space-separated resident codes
     Column("outcome", String(32), nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("entry_hash", LargeBinary(32), nullable=False),
 )
+
+# This node's own signed checkpoints of its access log, with the parent's countersignature once witnessed.
+audit_checkpoint = Table(
+    "audit_checkpoint",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("node", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),  # access_log.id of the entry at `size`
+    Column("head", LargeBinary(32), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("signer_cert", LargeBinary, nullable=False),  # PEM of the signing key's certificate
+    Column("witness", String(200), nullable=False, default=""),
+    Column("witnessed_us", BigInteger, nullable=True),
+    Column("countersignature", LargeBinary, nullable=True),
+    Column("witness_cert", LargeBinary, nullable=True),
+)
+
+# Prefecture and center: the children's checkpoints this node verified and countersigned.
+audit_witnessed = Table(
+    "audit_witnessed",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("child", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("head", LargeBinary(32), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("signer_cert", LargeBinary, nullable=False),
+    Column("witness", String(200), nullable=False),
+    Column("witnessed_us", BigInteger, nullable=False),
+    Column("countersignature", LargeBinary, nullable=False),
+    Column("witness_cert", LargeBinary, nullable=False),
+    Column("rebased", Boolean, nullable=False, default=False),  # first one accepted after an acknowledged alert
+)
+Index("ix_audit_witnessed_child", audit_witnessed.c.child, audit_witnessed.c.id)
+
+# Prefecture and center: children whose log stopped extending their witnessed checkpoint. While an alert is
+# unacknowledged the child's checkpoints are refused; once acknowledged, its next checkpoint (sent from its
+# first entry) is accepted as a new baseline.
+audit_alert = Table(
+    "audit_alert",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("child", String(200), nullable=False),
+    Column("flagged_us", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("acknowledged_us", BigInteger, nullable=True),
+    Column("acknowledged_by", String(200), nullable=False, default=""),
+    Column("note", String(200), nullable=False, default=""),
+    Column("rebased_us", BigInteger, nullable=True),
+)
+Index("ix_audit_alert_child", audit_alert.c.child, audit_alert.c.id)
 
 # Municipality: codes of its pool not yet assigned.
 free_code = Table(
