@@ -10,7 +10,7 @@ from center.provision_servicer import provided_to_pb
 from jukinet.domain.agency import PROVIDABLE_FIELDS, AgencyRegistry
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.identity import NodeId
-from jukinet.domain.validate import iso_date, resident_code
+from jukinet.domain.validate import iso_date, page_token, resident_code
 from jukinet.rpc import authz
 from jukinet.rpc.convert import timestamp
 from jukinet.rpc.guard import Guard
@@ -46,11 +46,7 @@ class DisclosureServicer(disclosure_pb2_grpc.DisclosureServiceServicer):
             if request.page_size < 0:
                 raise InvalidField("page_size", "must not be negative")
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
-            after_id = 0
-            if request.page_token:
-                if not request.page_token.isascii() or not request.page_token.isdigit() or len(request.page_token) > 19:
-                    raise InvalidField("page_token", "is not a token this node issued")
-                after_id = int(request.page_token)
+            after_id = page_token("page_token", request.page_token) or 0
             now = dt.datetime.now(dt.UTC)
             found = await self._store.write(
                 lambda conn: disclose(

@@ -256,3 +256,12 @@ def change_event(
         recorded_at=recorded_at,
         items=items,
     )
+
+
+def page_token(field: str, value: str) -> int | None:
+    """A page token this node issued: a positive 64-bit row id written in ASCII digits; None when empty."""
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= 2**63:
+        raise InvalidField(field, "is not a token this node issued; start again without one")
+    return int(value)

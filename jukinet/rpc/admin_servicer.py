@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.identity import NodeId
-from jukinet.domain.validate import local_gov_code, text
+from jukinet.domain.validate import local_gov_code, page_token, text
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import timestamp
@@ -91,20 +91,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if request.page_size < 0:
                 raise InvalidField("page_size", "must not be negative")
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
-            before: int | None = None
-            if request.page_token:
-                if not request.page_token.isdigit() or len(request.page_token) > 19:
-                    raise InvalidField("page_token", "is not a token this node issued")
-                before = int(request.page_token)
-            if request.resident_code and not (len(request.resident_code) == 11 and request.resident_code.isdigit()):
+            before = page_token("page_token", request.page_token)
+            if request.resident_code and not (
+                len(request.resident_code) == 11 and request.resident_code.isascii() and request.resident_code.isdigit()
+            ):
                 raise InvalidField("resident_code", "must be 11 digits")
+            caller = text("caller", request.caller, max_chars=200, required=False)
             page = await self._store.read(
                 lambda c: queries.access_page(
                     c,
                     before_id=before,
                     limit=limit + 1,
                     resident_code=request.resident_code,
-                    peer=request.caller[:200],
+                    peer=caller,
                 )
             )
             more = len(page) > limit
@@ -133,7 +132,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CutOffResponse:
         async with self._guard.call(context, authz.CUT_OFF) as call:
             authz.check_operator_of(call.caller, self._node)
-            reason = text("reason", request.reason, max_chars=200, required=False) or "emergency"
+            reason = text("reason", request.reason, max_chars=120, required=False) or "emergency"
             await self._set(call.info, f"{reason} (by {call.caller.uri})")
             return admin_pb2.CutOffResponse(cut_off=True)
         raise AssertionError("unreachable")

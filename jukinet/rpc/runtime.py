@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from jukinet.config import NodeConfig
 from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
 from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, RevocationList, paths_for, server_credentials
+from jukinet.rpc.decode_guard import DecodeGuard
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
@@ -113,11 +114,12 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     )
     parts = build(ctx)
     server = grpc.aio.server(
+        interceptors=[DecodeGuard()],
         options=[
             *SECURE_SERVER_OPTIONS,
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
+        ],
     )
     for add in parts.add_servicers:
         add(server)

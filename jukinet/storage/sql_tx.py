@@ -40,6 +40,13 @@ _UPSERT_REGISTRATION = _insert_sql("registration", rows.REGISTRATION_COLUMNS) + 
 )
 
 
+def _text(value: str, limit: int) -> str:
+    """Caller-supplied text as the log can hold it: cut to the column, NUL replaced (PostgreSQL text
+    cannot store it, and a refused call must still leave its entry)."""
+    value = value[:limit]
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
     iterator = iter(values)
     while chunk := list(islice(iterator, _IN_CHUNK)):
@@ -94,11 +101,11 @@ class SqlTx:
         for e in entries:
             stored: EntryValues = (
                 rows.to_us(e.at),
-                e.request_id[:128],
+                _text(e.request_id, 128),
                 e.direction,
-                e.peer[:200],
-                e.method[:120],
-                e.purpose[:64],
+                _text(e.peer, 200),
+                _text(e.method, 120),
+                _text(e.purpose, 64),
                 " ".join(e.subjects),
                 e.outcome[:32],
             )

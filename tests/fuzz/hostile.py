@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 from jukinet.codes import resident_code_from_body
@@ -101,60 +102,122 @@ PURPOSES = ["pension-benefit", "pension-proof-of-life", "passport-issue", ""]
 
 
 def maybe(valid: st.SearchStrategy[T], hostile: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
-    """Mostly valid, sometimes hostile: a request gets through the first checks often enough."""
-    return st.one_of(valid, valid, hostile)
+    """Valid three times in four (for messages of one or two fields); shrinks towards the valid value."""
+    return st.integers(0, 3).flatmap(lambda i: hostile if i == 3 else valid)
 
 
 resident_codes = st.one_of(st.sampled_from([*SEEDED, *UNKNOWN_CODES]), hostile_text)
-purposes = st.one_of(st.sampled_from(PURPOSES), hostile_text)
-
-
-def repeated(values: Sequence[T], size: int) -> list[T]:
-    """`values` cycled to `size` elements (10,000-element fields without generating 10,000 values)."""
-    return [values[i % len(values)] for i in range(size)] if values else []
+purposes = maybe(
+    st.sampled_from(["pension-benefit", "pension-proof-of-life"]),
+    st.one_of(st.sampled_from(["passport-issue", ""]), hostile_text),
+)
 
 
 @st.composite
-def identity_items(draw: st.DrawFn) -> types_pb2.IdentityItems:
+def mutated(
+    draw: st.DrawFn, fields: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]]
+) -> dict[str, Any]:
+    """Field values from (valid, hostile) pairs: a valid message with none, one or two hostile fields, so
+    that a request reaches the deeper checks and storage as often as it is refused at the edge."""
+    names = sorted(fields)
+    hostile = draw(st.sets(st.sampled_from(names), max_size=draw(st.sampled_from([0, 1, 1, 2]))))
+    return {name: draw(fields[name][1] if name in hostile else fields[name][0]) for name in names}
+
+
+def _size(value: object) -> int:
+    return value.ByteSize() if isinstance(value, Message) else len(str(value))
+
+
+def repeated(values: Sequence[T], size: int, default: T) -> list[T]:
+    """The small ones of `values` (or `default`) cycled to `size` elements: 10,000-element fields without
+    generating 10,000 values, and without 10,000 copies of a 1 MB string."""
+    small = [v for v in values if _size(v) <= 2048] or [default]
+    return [small[i % len(small)] for i in range(size)]
+
+
+ITEM_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "name": (st.sampled_from([VALID_NAME, *SQL[:4], "Ｙａｍａｄａ　ﾀﾛｳ"]), hostile_text),
+    "alias": (st.sampled_from(["", "ヤマダ"]), hostile_text),
+    "birth_date": (st.sampled_from(["1980-04-01", "2024-02-29"]), hostile_date),
+    "sex": (st.sampled_from([1, 2]), hostile_int32),
+    "address": (st.just(VALID_ADDRESS), hostile_text),
+    "has_items": (st.just(True), st.just(False)),
+}
+
+
+def _items(values: dict[str, Any]) -> types_pb2.IdentityItems:
     return types_pb2.IdentityItems(
-        name=draw(maybe(st.sampled_from([VALID_NAME, *SQL]), hostile_text)),
-        alias=draw(maybe(st.just(""), hostile_text)),
-        birth_date=draw(maybe(st.just("1980-04-01"), hostile_date)),
-        sex=draw(maybe(st.sampled_from([1, 2]), hostile_int32)),  # type: ignore[arg-type]
-        address=draw(maybe(st.just(VALID_ADDRESS), hostile_text)),
+        name=values["name"],
+        alias=values["alias"],
+        birth_date=values["birth_date"],
+        sex=values["sex"],
+        address=values["address"],
     )
+
+
+_CHANGE_TEMPLATES = [(5, ""), (10, SEEDED[0]), (11, SEEDED[1]), (14, SEEDED[2])]  # record (new code), corrections
 
 
 @st.composite
 def register_changes(draw: st.DrawFn) -> register_pb2.RegisterChange:
-    """A change from the register system; the default is an ex-officio record (the node assigns a code)."""
-    pb = register_pb2.RegisterChange(
-        request_id=draw(maybe(st.uuids().map(lambda u: u.hex), hostile_text)),
-        reason=draw(maybe(st.sampled_from([5, 10, 11, 14]), hostile_int32)),  # type: ignore[arg-type]
-        resident_code=draw(maybe(st.sampled_from(["", *SEEDED]), resident_codes)),
-        effective_date=draw(maybe(st.just("2026-11-01"), hostile_date)),
+    """A change from the register system: an ex-officio record (the node assigns a code) or a correction
+    of a seeded resident, with up to two hostile fields."""
+    template = draw(st.sampled_from(_CHANGE_TEMPLATES))
+    values = draw(
+        mutated(
+            {
+                **ITEM_FIELDS,
+                "request_id": (st.uuids().map(lambda u: u.hex), st.one_of(hostile_text, st.just("seed-0"))),
+                "reason": (st.just(template[0]), hostile_int32),
+                "resident_code": (st.just(template[1]), resident_codes),
+                "effective_date": (st.sampled_from(["2026-11-01", "1980-04-01"]), hostile_date),
+            }
+        )
     )
-    if draw(st.integers(0, 5)):
-        pb.items.CopyFrom(draw(identity_items()))
+    pb = register_pb2.RegisterChange(
+        request_id=values["request_id"],
+        reason=values["reason"],
+        resident_code=values["resident_code"],
+        effective_date=values["effective_date"],
+    )
+    if values["has_items"]:
+        pb.items.CopyFrom(_items(values))
     return pb
+
+
+_NOV_1 = int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp())
 
 
 @st.composite
 def change_events(draw: st.DrawFn, seq: int) -> types_pb2.ChangeEvent:
-    """A relayed event, consecutive (seq) unless the draw says otherwise."""
-    pb = types_pb2.ChangeEvent(
-        seq=draw(maybe(st.just(seq), hostile_int64)),
-        resident_code=draw(maybe(st.sampled_from(RELAYED_CODES), resident_codes)),
-        previous_code=draw(maybe(st.just(""), resident_codes)),
-        reason=draw(maybe(st.sampled_from([5, 10, 14]), hostile_int32)),  # type: ignore[arg-type]
-        effective_date=draw(maybe(st.just("2026-11-01"), hostile_date)),
+    """A relayed event continuing the receiver's cursor (seq), with up to two hostile fields."""
+    values = draw(
+        mutated(
+            {
+                **ITEM_FIELDS,
+                "seq": (st.just(seq), st.one_of(hostile_int64, st.sampled_from([seq - 1, seq + 1]))),
+                "resident_code": (st.sampled_from(RELAYED_CODES), resident_codes),
+                "previous_code": (st.just(""), resident_codes),
+                "reason": (st.sampled_from([5, 10, 14]), st.one_of(hostile_int32, st.just(13))),
+                "effective_date": (st.just("2026-11-01"), hostile_date),
+                "seconds": (st.just(_NOV_1), hostile_int64),
+                "nanos": (st.just(0), hostile_int32),
+                "has_time": (st.just(True), st.just(False)),
+            }
+        )
     )
-    if draw(st.integers(0, 7)):
-        pb.items.CopyFrom(draw(identity_items()))
-    if draw(st.integers(0, 7)):
-        seconds = draw(maybe(st.just(int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp())), hostile_int64))
-        pb.recorded_time.seconds = seconds
-        pb.recorded_time.nanos = draw(maybe(st.just(0), hostile_int32))
+    pb = types_pb2.ChangeEvent(
+        seq=values["seq"],
+        resident_code=values["resident_code"],
+        previous_code=values["previous_code"],
+        reason=values["reason"],
+        effective_date=values["effective_date"],
+    )
+    if values["has_items"]:
+        pb.items.CopyFrom(_items(values))
+    if values["has_time"]:
+        pb.recorded_time.seconds = values["seconds"]
+        pb.recorded_time.nanos = values["nanos"]
     return pb
 
 

@@ -7,15 +7,18 @@ the municipality on SQLite). Bounded for CI: a few dozen derandomized examples p
 
 The server's receive limit (grpc.max_receive_message_length, 64 MiB) is exercised for real: a message
 just over it costs a fraction of a second on loopback. The per-message limits on repeated fields
-(5,000 changes, events or codes; 1,000 origins) are exercised with up to 10,000 elements."""
+(5,000 changes, events or codes; 1,000 origins) are exercised with up to 10,000 elements.
+
+Findings of this suite are kept as regression tests (test_finding_*,
+test_undecodable_*); the generated cases still `assume` them away, which can go once each finding's
+regression test has stayed green for a while. Longer local hunts: JUKINET_FUZZ_EXAMPLES=300 JUKINET_FUZZ_RANDOM=1."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,13 +27,17 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, currently_in_test_context, given, settings
+from hypothesis import event as statistic
 from hypothesis import strategies as st
 from sqlalchemy import Connection, func, select
 
+from jukinet.domain.identity import NodeId
+from jukinet.pki import channel_credentials, paths_for
 from jukinet.rpc.runtime import MAX_MESSAGE_BYTES, RunningNode
 from jukinet.storage import SqlTx, queries
-from jukinet.storage.schema import code_block, event, provision_log, registration
+from jukinet.storage.schema import code_block, provision_log, registration
+from jukinet.storage.schema import event as event_table
 from jukinet.wire.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -46,8 +53,8 @@ from jukinet.wire.v1 import (
     relay_pb2_grpc,
     types_pb2,
 )
-from tests.fuzz import hostile as H
-from tests.helpers.nodes import AGENCIES, change, channel, eventually, start
+from tests.fuzz import hostile
+from tests.helpers.nodes import AGENCIES, change, channel, event, eventually, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -63,10 +70,7 @@ OPERATORS = {
 }
 # Who pushes to which tier, for an origin nothing else in the network writes (no race with the forwarders).
 PUSHERS = {"prefecture": ("jukinet://municipality/132187", "132187"), "center": ("jukinet://prefecture/01", "012084")}
-ALLOCATORS = {
-    "prefecture": ("jukinet://municipality/132187", "132187"),
-    "center": ("jukinet://prefecture/13", "132080"),
-}
+ALLOCATORS = {"prefecture": "jukinet://municipality/132187", "center": "jukinet://prefecture/13"}
 TIMEOUT = 15.0
 PG_ADMIN_URL = os.environ.get("JUKINET_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -169,13 +173,16 @@ async def net(pki_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
             {"center": center, "prefecture": prefecture, "municipality": municipality},
             databases.postgres,
         )
-        await eventually(lambda: municipality.ctx.store.read(lambda c: queries.counts(c).free_codes > 0))
-        await _seed(network)
+        try:
+            await eventually(lambda: municipality.ctx.store.read(lambda c: queries.counts(c).free_codes > 0))
+            await _seed(network)
+        except AssertionError as error:  # not to be mistaken for the failure an xfail-marked test expects
+            raise RuntimeError(f"the fuzz network did not come up: {error}") from error
         yield network
     finally:
         if network is not None:
             for ch in network.channels.values():
-                await ch.close()
+                await ch.close(None)
         for node in reversed(started):
             await node.stop()
         databases.drop()
@@ -184,13 +191,15 @@ async def net(pki_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
 async def _seed(net: Net) -> None:
     """Three residents moved in at 132080 (known codes), relayed up to the center."""
     stub = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
-    for i, code in enumerate(H.SEEDED):
-        pb = change(f"seed-{i}", R.CHANGE_REASON_MOVE_IN, code, name=f"{H.VALID_NAME}{i}", address=H.VALID_ADDRESS)
+    for i, code in enumerate(hostile.SEEDED):
+        pb = change(
+            f"seed-{i}", R.CHANGE_REASON_MOVE_IN, code, name=f"{hostile.VALID_NAME}{i}", address=hostile.VALID_ADDRESS
+        )
         await stub.RecordChange(register_pb2.RecordChangeRequest(change=pb), timeout=TIMEOUT)
 
     async def relayed() -> bool:
         digest = await net.read("center", lambda c: queries.digest(c, MUNICIPALITY))
-        return digest.head_seq >= len(H.SEEDED)
+        return digest.head_seq >= len(hostile.SEEDED)
 
     await eventually(relayed)
 
@@ -227,9 +236,15 @@ async def streamed(call: Any) -> Outcome:
     return Outcome(grpc.StatusCode.OK, responses=responses)
 
 
+POOL_EMPTY = "no free 住民票コード"  # CodePoolExhausted: UNAVAILABLE by rule, the pool refills meanwhile
+
+
 def judge(outcome: Outcome, what: str, *expected: grpc.StatusCode) -> None:
-    event(outcome.code.name)  # --hypothesis-show-statistics: how often each status was reached
-    allowed = set(expected) if expected else H.ALLOWED
+    if currently_in_test_context():
+        statistic(outcome.code.name)  # --hypothesis-show-statistics: how often each status was reached
+    allowed = set(expected) if expected else hostile.ALLOWED
+    if not expected and outcome.code is grpc.StatusCode.UNAVAILABLE and outcome.details.startswith(POOL_EMPTY):
+        return
     assert outcome.code in allowed, f"{what}: {outcome.code.name} {outcome.details[:300]!r}"
 
 
@@ -242,7 +257,9 @@ async def healthy(net: Net, tier: str) -> None:
 
 def _origin_state(origin: str) -> Callable[[Connection], tuple[int, int]]:
     def read(conn: Connection) -> tuple[int, int]:
-        count = conn.execute(select(func.count()).select_from(event).where(event.c.origin == origin)).scalar()
+        count = conn.execute(
+            select(func.count()).select_from(event_table).where(event_table.c.origin == origin)
+        ).scalar()
         return SqlTx(conn).head_seq(origin), int(count or 0)
 
     return read
@@ -278,7 +295,7 @@ def raw_server_stream(ch: grpc.aio.Channel, method: str) -> Any:
 
 
 @FUZZ
-@given(pb=H.register_changes(), with_change=st.integers(0, 9))
+@given(pb=hostile.register_changes(), with_change=st.integers(0, 9))
 async def test_record_change(net: Net, pb: register_pb2.RegisterChange, with_change: int) -> None:
     request = register_pb2.RecordChangeRequest(change=pb) if with_change else register_pb2.RecordChangeRequest()
     head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
@@ -299,9 +316,11 @@ async def test_record_change(net: Net, pb: register_pb2.RegisterChange, with_cha
 def record_changes_requests(draw: st.DrawFn) -> list[register_pb2.RecordChangesRequest]:
     messages = []
     for _ in range(draw(st.integers(1, 3))):
-        changes = draw(st.lists(H.register_changes(), max_size=6))
+        changes = draw(st.lists(hostile.register_changes(), max_size=6))
         if draw(st.integers(0, 7)) == 0:
-            changes = H.repeated(changes or [draw(H.register_changes())], draw(H.big_count))
+            changes = hostile.repeated(
+                changes, draw(hostile.big_count), change("big", R.CHANGE_REASON_EX_OFFICIO_RECORD)
+            )
         messages.append(register_pb2.RecordChangesRequest(changes=changes))
     return messages
 
@@ -329,11 +348,13 @@ def push_requests(draw: st.DrawFn, origin: str, head: int) -> list[relay_pb2.Pus
     messages = []
     seq = head
     for _ in range(draw(st.integers(1, 2))):
-        events = [draw(H.change_events(seq + 1 + i)) for i in range(draw(st.integers(0, 4)))]
+        events = [draw(hostile.change_events(seq + 1 + i)) for i in range(draw(st.integers(0, 4)))]
         seq += len(events)
         if draw(st.integers(0, 7)) == 0:
-            events = H.repeated(events or [draw(H.change_events(seq + 1))], draw(H.big_count))
-        batch_origin = draw(H.maybe(st.just(origin), st.one_of(st.sampled_from(["132080", "131016"]), H.hostile_text)))
+            events = hostile.repeated(events, draw(hostile.big_count), event(seq + 1, hostile.RELAYED_CODES[0]))
+        batch_origin = draw(
+            hostile.maybe(st.just(origin), st.one_of(st.sampled_from(["132080", "131016"]), hostile.hostile_text))
+        )
         messages.append(relay_pb2.PushEventsRequest(origin=batch_origin, events=events))
     return messages
 
@@ -357,12 +378,12 @@ async def test_push_events(net: Net, tier: str, data: st.DataObject) -> None:
 @FUZZ
 @pytest.mark.parametrize("tier", ["prefecture", "center"])
 @given(
-    origins=st.lists(H.maybe(st.sampled_from(["132187", "012084", "132080"]), H.hostile_text), max_size=5),
+    origins=st.lists(hostile.maybe(st.sampled_from(["132187", "012084", "132080"]), hostile.hostile_text), max_size=5),
     big=st.integers(0, 5),
 )
 async def test_get_cursors(net: Net, tier: str, origins: list[str], big: int) -> None:
     if big == 0:
-        origins = H.repeated(origins or ["132187"], 10_000)
+        origins = hostile.repeated(origins, 10_000, "132187")
     stub = relay_pb2_grpc.RelayServiceStub(net.ch(PUSHERS[tier][0], tier))
     outcome = await unary(stub.GetCursors(relay_pb2.GetCursorsRequest(origins=origins), timeout=TIMEOUT))
     judge(outcome, f"GetCursors at {tier} {origins[:5]!r}")
@@ -371,28 +392,36 @@ async def test_get_cursors(net: Net, tier: str, origins: list[str], big: int) ->
 
 # -- CodePoolService (prefecture, center) --------------------------------------------------------------
 
-counts = st.one_of(
-    st.integers(H.INT32[0], 0), st.integers(1, 20), st.integers(100_001, H.INT32[1]), st.sampled_from(H.INT32)
+COUNTS = st.one_of(
+    st.integers(hostile.INT32[0], 0), st.integers(100_001, hostile.INT32[1]), st.sampled_from([*hostile.INT32, 100_001])
 )
 
 
 @FUZZ
 @pytest.mark.parametrize("tier", ["prefecture", "center"])
 @given(
-    request_id=H.maybe(st.uuids().map(lambda u: "fuzz-" + u.hex), H.hostile_text),
-    municipality=H.maybe(st.sampled_from(["132187", "132080"]), H.hostile_text),
-    count=counts,
+    v=hostile.mutated(
+        {
+            "request_id": (st.uuids().map(lambda u: "fuzz-" + u.hex), hostile.hostile_text),
+            "municipality": (st.just("132187"), st.one_of(st.just("132080"), hostile.hostile_text)),
+            "count": (st.integers(1, 20), COUNTS),
+        }
+    )
 )
-async def test_allocate_codes(net: Net, tier: str, request_id: str, municipality: str, count: int) -> None:
-    before = await net.read("center", _blocks_for(request_id))
-    stub = codepool_pb2_grpc.CodePoolServiceStub(net.ch(ALLOCATORS[tier][0], tier))
-    request = codepool_pb2.AllocateCodesRequest(request_id=request_id, municipality_code=municipality, count=count)
+async def test_allocate_codes(net: Net, tier: str, v: dict[str, Any]) -> None:
+    before = await net.read("center", _blocks_for(v["request_id"]))
+    stub = codepool_pb2_grpc.CodePoolServiceStub(net.ch(ALLOCATORS[tier], tier))
+    request = codepool_pb2.AllocateCodesRequest(
+        request_id=v["request_id"], municipality_code=v["municipality"], count=v["count"]
+    )
     outcome = await unary(stub.AllocateCodes(request, timeout=TIMEOUT))
     judge(outcome, f"AllocateCodes at {tier} {request!r:.200}")
-    after = await net.read("center", _blocks_for(request_id))
-    assert after == before or (outcome.ok and after == 1), "a refused allocation left a code block"
+    after = await net.read("center", _blocks_for(v["request_id"]))
     if outcome.ok:
-        assert len(outcome.responses[0].resident_codes) == count or before == 1
+        assert after == 1
+        assert before == 1 or len(outcome.responses[0].resident_codes) == v["count"]
+    else:
+        assert after == before, "a refused allocation left a code block"
     await healthy(net, tier)
 
 
@@ -400,7 +429,7 @@ async def test_allocate_codes(net: Net, tier: str, request_id: str, municipality
 
 
 @FUZZ
-@given(purpose=H.purposes, code=H.resident_codes)
+@given(purpose=hostile.purposes, code=hostile.resident_codes)
 async def test_lookup_resident(net: Net, purpose: str, code: str) -> None:
     before = await net.read("center", _provisions)
     stub = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
@@ -413,22 +442,33 @@ async def test_lookup_resident(net: Net, purpose: str, code: str) -> None:
 
 @FUZZ
 @given(
-    purpose=H.purposes,
-    name=H.maybe(st.sampled_from([f"{H.VALID_NAME}0", "やまだ たろう0", ""]), H.hostile_text),
-    birth_date=H.maybe(st.sampled_from(["1980-04-01", ""]), H.hostile_date),
-    sex=H.maybe(st.sampled_from([0, 1, 2]), H.hostile_int32),
-    address=H.maybe(st.sampled_from([H.VALID_ADDRESS, ""]), H.hostile_text),
+    purpose=hostile.purposes,
+    v=hostile.mutated(
+        {
+            "name": (
+                st.sampled_from([f"{hostile.VALID_NAME}0", "山田 太郎1", "やまだ\u3000たろう2"]),
+                hostile.hostile_text,
+            ),
+            "keys": (st.sampled_from(["birth_date+sex", "address"]), st.sampled_from(["all", "none", "name"])),
+            "birth_date": (st.just("1980-04-01"), hostile.hostile_date),
+            "sex": (st.just(1), hostile.hostile_int32),
+            "address": (st.just(hostile.VALID_ADDRESS), hostile.hostile_text),
+        }
+    ),
 )
-async def test_search_residents(net: Net, purpose: str, name: str, birth_date: str, sex: int, address: str) -> None:
-    before = await net.read("center", _provisions)
-    stub = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+async def test_search_residents(net: Net, purpose: str, v: dict[str, Any]) -> None:
+    keys = v["keys"]
+    by_birth = keys in ("birth_date+sex", "all")
+    by_address = keys in ("address", "all")
     request = provision_pb2.SearchResidentsRequest(
         purpose=purpose,
-        name=name,
-        birth_date=birth_date,
-        sex=sex,  # type: ignore[arg-type]
-        address=address,
+        name="" if keys == "none" else v["name"],
+        birth_date=v["birth_date"] if by_birth else "",
+        sex=v["sex"] if by_birth else 0,  # type: ignore[arg-type]
+        address=v["address"] if by_address else "",
     )
+    before = await net.read("center", _provisions)
+    stub = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
     outcome = await unary(stub.SearchResidents(request, timeout=TIMEOUT))
     judge(outcome, f"SearchResidents {request!r:.300}")
     found = len(outcome.responses[0].records) if outcome.ok else 0
@@ -440,10 +480,11 @@ async def test_search_residents(net: Net, purpose: str, name: str, birth_date: s
 def lookup_residents_requests(draw: st.DrawFn) -> list[provision_pb2.LookupResidentsRequest]:
     messages = []
     for i in range(draw(st.integers(1, 3))):
-        codes = draw(st.lists(H.resident_codes, max_size=6))
+        codes = draw(st.lists(hostile.resident_codes, max_size=6))
         if draw(st.integers(0, 7)) == 0:
-            codes = H.repeated(codes or H.SEEDED, draw(H.big_count))
-        purpose = draw(H.purposes if i == 0 else H.maybe(st.sampled_from(["", "pension-benefit"]), H.purposes))
+            codes = hostile.repeated(codes, draw(hostile.big_count), hostile.SEEDED[0])
+        later = hostile.maybe(st.sampled_from(["", "pension-benefit"]), hostile.purposes)
+        purpose = draw(hostile.maybe(st.just("pension-benefit"), hostile.purposes) if i == 0 else later)
         messages.append(provision_pb2.LookupResidentsRequest(purpose=purpose, resident_codes=codes))
     return messages
 
@@ -462,39 +503,54 @@ async def test_lookup_residents(net: Net, messages: list[provision_pb2.LookupRes
     await healthy(net, "center")
 
 
-@settings(FUZZ, max_examples=min(FUZZ.max_examples, 30))
-@given(purpose=H.purposes, after_seq=H.maybe(st.just(0), H.hostile_int64))
-async def test_follow_changes(net: Net, purpose: str, after_seq: int) -> None:
+async def follow(net: Net, request: provision_pb2.FollowChangesRequest) -> Outcome:
     """At most one response, with a short wait: a valid subscription otherwise waits for new events."""
     stub = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
-    call = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=purpose, after_seq=after_seq), timeout=TIMEOUT)
+    call = stub.FollowChanges(request, timeout=TIMEOUT)
     try:
         await asyncio.wait_for(call.read(), timeout=0.3)
-        outcome = Outcome(grpc.StatusCode.OK)
+        return Outcome(grpc.StatusCode.OK)
     except TimeoutError:
-        outcome = Outcome(grpc.StatusCode.OK)  # still waiting for events: a valid subscription
+        return Outcome(grpc.StatusCode.OK)  # still waiting for events: a valid subscription
     except grpc.aio.AioRpcError as error:
-        outcome = Outcome(error.code(), error.details() or "")
+        return Outcome(error.code(), error.details() or "")
     finally:
         call.cancel()
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 30))
+@given(purpose=hostile.purposes, after_seq=hostile.maybe(st.just(0), hostile.hostile_int64))
+async def test_follow_changes(net: Net, purpose: str, after_seq: int) -> None:
+    outcome = await follow(net, provision_pb2.FollowChangesRequest(purpose=purpose, after_seq=after_seq))
     judge(outcome, f"FollowChanges purpose={purpose[:40]!r} after_seq={after_seq}")
     await healthy(net, "center")
 
 
 @FUZZ
 @given(
-    code=H.resident_codes,
-    from_date=H.maybe(st.sampled_from(["", "2026-01-01"]), H.hostile_date),
-    to_date=H.maybe(st.just(""), H.hostile_date),
-    page_size=H.maybe(st.sampled_from([0, 1, 1000]), H.hostile_int32),
-    page_token=H.maybe(st.sampled_from(["", "1"]), st.one_of(st.sampled_from(H.DIGITS), H.hostile_text)),
+    v=hostile.mutated(
+        {
+            "code": (st.sampled_from(hostile.SEEDED), hostile.resident_codes),
+            "from_date": (st.sampled_from(["", "2026-01-01"]), hostile.hostile_date),
+            "to_date": (st.sampled_from(["", "2026-11-01"]), hostile.hostile_date),
+            "page_size": (st.sampled_from([0, 1, 1000]), hostile.hostile_int32),
+            "page_token": (
+                st.sampled_from(["", "1"]),
+                st.one_of(st.sampled_from(hostile.DIGITS), hostile.hostile_text),
+            ),
+        }
+    )
 )
-async def test_disclose_resident(
-    net: Net, code: str, from_date: str, to_date: str, page_size: int, page_token: str
-) -> None:
+async def test_disclose_resident(net: Net, v: dict[str, Any]) -> None:
+    token = v["page_token"]  # the open finding pinned by test_finding_disclose_page_token_past_int64
+    assume(not (token.isascii() and token.isdigit() and int(token) >= 2**63))
     stub = disclosure_pb2_grpc.DisclosureServiceStub(net.ch(OPERATORS["center"], "center"))
     request = disclosure_pb2.DiscloseResidentRequest(
-        resident_code=code, from_date=from_date, to_date=to_date, page_size=page_size, page_token=page_token
+        resident_code=v["code"],
+        from_date=v["from_date"],
+        to_date=v["to_date"],
+        page_size=v["page_size"],
+        page_token=v["page_token"],
     )
     outcome = await unary(stub.DiscloseResident(request, timeout=TIMEOUT))
     judge(outcome, f"DiscloseResident {request!r:.300}")
@@ -507,14 +563,14 @@ async def test_disclose_resident(
 @FUZZ
 @pytest.mark.parametrize("tier", ["municipality", "prefecture", "center"])
 @given(
-    municipality=H.maybe(st.sampled_from([MUNICIPALITY, "132187"]), H.hostile_text),
+    municipality=hostile.maybe(st.sampled_from([MUNICIPALITY, "132187"]), hostile.hostile_text),
     unknown=st.binary(max_size=30),
 )
 async def test_get_status_and_digest(net: Net, tier: str, municipality: str, unknown: bytes) -> None:
     ch = net.ch(OPERATORS[tier], tier)
     # GetStatusRequest has no fields: an unknown field (number 99) of any content must be ignored.
     status = await unary(
-        raw_unary(ch, "/jukinet.wire.v1.AdminService/GetStatus")(H.field(99, unknown), timeout=TIMEOUT)
+        raw_unary(ch, "/jukinet.wire.v1.AdminService/GetStatus")(hostile.field(99, unknown), timeout=TIMEOUT)
     )
     judge(status, f"GetStatus at {tier} with unknown field {unknown!r}", grpc.StatusCode.OK)
     request = admin_pb2.GetDigestRequest(municipality_code=municipality)
@@ -523,21 +579,472 @@ async def test_get_status_and_digest(net: Net, tier: str, municipality: str, unk
     await healthy(net, tier)
 
 
+def known_list_access_log_bug(token: str, caller: str, postgres: bool) -> bool:
+    """Inputs of the open findings pinned by test_known_findings (kept out of the generated cases until
+    the fix lands; remove an entry together with the xfail mark of its pinned case)."""
+    non_decimal = token.isdigit() and not token.isdecimal()  # admin_servicer: int("²") raises ValueError
+    too_big = token.isdecimal() and int(token) >= 2**63  # SQLite OverflowError, PostgreSQL bigint out of range
+    return non_decimal or too_big or (postgres and "\x00" in caller[:200])  # PostgreSQL refuses NUL in text
+
+
 @FUZZ
 @pytest.mark.parametrize("tier", ["municipality", "prefecture", "center"])
 @given(
-    page_size=H.maybe(st.sampled_from([0, 1, 50, 1000]), H.hostile_int32),
-    page_token=H.maybe(st.sampled_from(["", "1", "100"]), st.one_of(st.sampled_from(H.DIGITS), H.hostile_text)),
-    code=H.maybe(st.sampled_from(["", *H.SEEDED]), H.resident_codes),
-    caller=H.maybe(st.sampled_from(["", REGISTER, AGENCY]), H.hostile_text),
+    v=hostile.mutated(
+        {
+            "page_size": (st.sampled_from([0, 1, 50, 1000]), hostile.hostile_int32),
+            "page_token": (
+                st.sampled_from(["", "1", "100"]),
+                st.one_of(st.sampled_from(hostile.DIGITS), hostile.hostile_text),
+            ),
+            "code": (st.sampled_from(["", *hostile.SEEDED]), hostile.resident_codes),
+            "caller": (st.sampled_from(["", REGISTER, AGENCY]), hostile.hostile_text),
+        }
+    )
 )
-async def test_list_access_log(net: Net, tier: str, page_size: int, page_token: str, code: str, caller: str) -> None:
-    assume(not (page_token.isdigit() and not page_token.isdecimal()))
-    assume(not (page_token.isdigit() and int(page_token) >= 2**63))
+async def test_list_access_log(net: Net, tier: str, v: dict[str, Any]) -> None:
+    assume(not known_list_access_log_bug(v["page_token"], v["caller"], net.postgres and tier != "municipality"))
     stub = admin_pb2_grpc.AdminServiceStub(net.ch(OPERATORS[tier], tier))
     request = admin_pb2.ListAccessLogRequest(
-        page_size=page_size, page_token=page_token, resident_code=code, caller=caller
+        page_size=v["page_size"], page_token=v["page_token"], resident_code=v["code"], caller=v["caller"]
     )
     outcome = await unary(stub.ListAccessLog(request, timeout=TIMEOUT))
     judge(outcome, f"ListAccessLog at {tier} {request!r:.300}")
     await healthy(net, tier)
+
+
+# -- hand-written cases --------------------------------------------------------------------------------
+
+
+async def test_impossible_dates_are_refused_naming_the_field(net: Net) -> None:
+    register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
+    provision = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+    disclosure = disclosure_pb2_grpc.DisclosureServiceStub(net.ch(OPERATORS["center"], "center"))
+    head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
+    for i, date in enumerate(
+        ["0000-00-00", "2100-02-29", "1980-02-30", "1849-12-31", "2999-01-01", "１９８０-０４-０１"]
+    ):
+        for target, pb in (
+            ("effective_date", change(f"date-{i}", R.CHANGE_REASON_EX_OFFICIO_RECORD, effective=date)),
+            ("items.birth_date", change(f"birth-{i}", R.CHANGE_REASON_EX_OFFICIO_RECORD)),
+        ):
+            if target == "items.birth_date":
+                pb.items.birth_date = date
+            outcome = await unary(register.RecordChange(register_pb2.RecordChangeRequest(change=pb), timeout=TIMEOUT))
+            judge(outcome, f"RecordChange {target}={date}", grpc.StatusCode.INVALID_ARGUMENT)
+            assert outcome.details.startswith(target), outcome.details
+        search = provision_pb2.SearchResidentsRequest(
+            purpose="pension-benefit", name=hostile.VALID_NAME, birth_date=date, sex=R.SEX_MALE
+        )
+        outcome = await unary(provision.SearchResidents(search, timeout=TIMEOUT))
+        judge(outcome, f"SearchResidents birth_date={date}", grpc.StatusCode.INVALID_ARGUMENT)
+        disclose = disclosure_pb2.DiscloseResidentRequest(resident_code=hostile.SEEDED[0], from_date=date)
+        outcome = await unary(disclosure.DiscloseResident(disclose, timeout=TIMEOUT))
+        judge(outcome, f"DiscloseResident from_date={date}", grpc.StatusCode.INVALID_ARGUMENT)
+    for tier, (who, origin) in PUSHERS.items():
+        cursor, _ = await net.read(tier, _origin_state(origin))
+        bad = event(cursor + 2, hostile.RELAYED_CODES[0], effective="2100-02-29")
+        batch = relay_pb2.PushEventsRequest(origin=origin, events=[event(cursor + 1, hostile.RELAYED_CODES[0]), bad])
+        stub = relay_pb2_grpc.RelayServiceStub(net.ch(who, tier))
+        outcome = await streamed(stub.PushEvents(iter([batch]), timeout=TIMEOUT))
+        judge(outcome, f"PushEvents to {tier} with 2100-02-29", grpc.StatusCode.INVALID_ARGUMENT)
+        assert await net.read(tier, _origin_state(origin)) == (cursor, cursor), "half a batch was stored"
+    assert await net.read("municipality", _origin_state(MUNICIPALITY)) == (head, head)
+
+
+async def test_unknown_enum_numbers_are_refused(net: Net) -> None:
+    register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
+    for reason, sex in ((99, 1), (-1, 1), (2**31 - 1, 1), (5, 3), (5, -7), (5, 0), (0, 1)):
+        pb = change(f"enum-{reason}-{sex}", reason)
+        pb.items.sex = sex  # type: ignore[assignment]
+        outcome = await unary(register.RecordChange(register_pb2.RecordChangeRequest(change=pb), timeout=TIMEOUT))
+        judge(outcome, f"RecordChange reason={reason} sex={sex}", grpc.StatusCode.INVALID_ARGUMENT)
+    provision = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+    for sex in (3, -1, 2**31 - 1):
+        request = provision_pb2.SearchResidentsRequest(
+            purpose="pension-benefit",
+            name=hostile.VALID_NAME,
+            birth_date="1980-04-01",
+            sex=sex,  # type: ignore[arg-type]
+        )
+        outcome = await unary(provision.SearchResidents(request, timeout=TIMEOUT))
+        judge(outcome, f"SearchResidents sex={sex}", grpc.StatusCode.INVALID_ARGUMENT)
+    who, origin = PUSHERS["center"]
+    cursor, _ = await net.read("center", _origin_state(origin))
+    stub = relay_pb2_grpc.RelayServiceStub(net.ch(who, "center"))
+    for reason in (15, 99, -1):
+        batch = relay_pb2.PushEventsRequest(origin=origin, events=[event(cursor + 1, hostile.RELAYED_CODES[0], reason)])
+        outcome = await streamed(stub.PushEvents(iter([batch]), timeout=TIMEOUT))
+        judge(outcome, f"PushEvents reason={reason}", grpc.StatusCode.INVALID_ARGUMENT)
+    assert await net.read("center", _origin_state(origin)) == (cursor, cursor)
+
+
+SQL_NAME = "Robert'); DROP TABLE event;--"
+SQL_ADDRESS = "東京都調布市1'; DELETE FROM registration WHERE '1'='1"
+
+
+async def test_sql_metacharacters_are_stored_and_found_verbatim(net: Net) -> None:
+    code = hostile.code(3100000001)
+    pb = change("sql-1", R.CHANGE_REASON_MOVE_IN, code, name=SQL_NAME, address=SQL_ADDRESS)
+    register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
+    outcome = await unary(register.RecordChange(register_pb2.RecordChangeRequest(change=pb), timeout=TIMEOUT))
+    judge(outcome, "RecordChange with SQL in name and address", grpc.StatusCode.OK)
+
+    def stored(conn: Connection) -> list[tuple[str, str]]:
+        query = select(registration.c.name, registration.c.address).where(registration.c.resident_code == code)
+        return [(row.name, row.address) for row in conn.execute(query)]
+
+    async def at_center() -> bool:
+        return await net.read("center", stored) == [(SQL_NAME, SQL_ADDRESS)]
+
+    await eventually(at_center)
+    assert await net.read("municipality", stored) == [(SQL_NAME, SQL_ADDRESS)]
+    provision = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+    for name, address in ((SQL_NAME, SQL_ADDRESS), ("' OR '1'='1", "' OR '1'='1"), ("%", "%")):
+        request = provision_pb2.SearchResidentsRequest(purpose="pension-benefit", name=name, address=address)
+        outcome = await unary(provision.SearchResidents(request, timeout=TIMEOUT))
+        judge(outcome, f"SearchResidents name={name!r}", grpc.StatusCode.OK)
+        assert [r.resident_code for r in outcome.responses[0].records] == ([code] if name == SQL_NAME else [])
+    for tier in net.nodes:
+        counts = await net.read(tier, queries.counts)  # every table is still there
+        assert counts.events > 0
+        await healthy(net, tier)
+
+
+async def test_oversized_repeated_fields_refuse_their_whole_message(net: Net) -> None:
+    """10,000 elements (over the 5,000-per-message limits): INVALID_ARGUMENT, and only the messages before
+    it on the stream are kept."""
+    head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
+    register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
+    first = register_pb2.RecordChangesRequest(
+        changes=[change(f"big-ok-{i}", R.CHANGE_REASON_EX_OFFICIO_RECORD) for i in range(2)]
+    )
+    for size in (5001, 10_000):
+        changes = [change(f"big-{size}-{i}", R.CHANGE_REASON_EX_OFFICIO_RECORD) for i in range(size)]
+        second = register_pb2.RecordChangesRequest(changes=changes)
+        outcome = await streamed(register.RecordChanges(iter([first, second]), timeout=60))
+        judge(outcome, f"RecordChanges with {size} changes", grpc.StatusCode.INVALID_ARGUMENT)
+        assert [len(r.results) for r in outcome.responses] == [2]
+        assert await net.read("municipality", _origin_state(MUNICIPALITY)) == (head + 2, head + 2)
+    for tier, (who, origin) in PUSHERS.items():
+        cursor, _ = await net.read(tier, _origin_state(origin))
+        stub = relay_pb2_grpc.RelayServiceStub(net.ch(who, tier))
+        ok = relay_pb2.PushEventsRequest(
+            origin=origin, events=[event(cursor + 1 + i, hostile.RELAYED_CODES[i]) for i in range(2)]
+        )
+        big = relay_pb2.PushEventsRequest(
+            origin=origin, events=[event(cursor + 3 + i, hostile.RELAYED_CODES[0]) for i in range(10_000)]
+        )
+        outcome = await streamed(stub.PushEvents(iter([ok, big]), timeout=60))
+        judge(outcome, f"PushEvents of 10,000 events to {tier}", grpc.StatusCode.INVALID_ARGUMENT)
+        assert [r.acked_seq for r in outcome.responses] == [cursor + 2]
+        assert await net.read(tier, _origin_state(origin)) == (cursor + 2, cursor + 2)
+        cursors = relay_pb2.GetCursorsRequest(origins=[origin] * 10_000)
+        judge(await unary(stub.GetCursors(cursors, timeout=TIMEOUT)), "GetCursors", grpc.StatusCode.INVALID_ARGUMENT)
+    before = await net.read("center", _provisions)
+    provision = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+    bulk = provision_pb2.LookupResidentsRequest(purpose="pension-benefit", resident_codes=hostile.SEEDED * 3334)
+    outcome = await streamed(provision.LookupResidents(iter([bulk]), timeout=60))
+    judge(outcome, "LookupResidents of 10,002 codes", grpc.StatusCode.INVALID_ARGUMENT)
+    assert await net.read("center", _provisions) == before
+    for tier in net.nodes:
+        await healthy(net, tier)
+
+
+async def test_messages_over_the_receive_limit_are_resource_exhausted(net: Net) -> None:
+    """Just over grpc.max_receive_message_length (64 MiB, jukinet.rpc.runtime): the server refuses the
+    message before any handler sees it; messages before it on the stream are kept."""
+    credentials = channel_credentials(paths_for(net.pki, NodeId.parse(REGISTER)))
+    oversized = hostile.field(
+        1, hostile.field(1, b"x" * MAX_MESSAGE_BYTES)
+    )  # RecordChange(s)Request.change(s).request_id
+    assert len(oversized) > MAX_MESSAGE_BYTES
+    head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
+    async with grpc.aio.secure_channel(
+        net.nodes["municipality"].address, credentials, options=[("grpc.max_send_message_length", -1)]
+    ) as big:
+        outcome = await unary(raw_unary(big, "/jukinet.wire.v1.RegisterService/RecordChange")(oversized, timeout=60))
+        judge(outcome, "RecordChange over 64 MiB", grpc.StatusCode.RESOURCE_EXHAUSTED)
+        first = register_pb2.RecordChangesRequest(changes=[change("limit-ok", R.CHANGE_REASON_EX_OFFICIO_RECORD)])
+        call = raw_stream(big, "/jukinet.wire.v1.RegisterService/RecordChanges")(
+            iter([first.SerializeToString(), oversized]), timeout=60
+        )
+        outcome = await streamed(call)
+        judge(outcome, "RecordChanges with a message over 64 MiB", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert await net.read("municipality", _origin_state(MUNICIPALITY)) == (head + 1, head + 1)
+    await healthy(net, "municipality")
+
+
+async def test_one_megabyte_strings(net: Net) -> None:
+    mb = hostile.MEGABYTE
+    register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
+    head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
+    for target in ("request_id", "resident_code", "effective_date", "name", "alias", "birth_date", "address"):
+        pb = change(f"mb-{target}", R.CHANGE_REASON_EX_OFFICIO_RECORD)
+        if hasattr(pb.items, target) and target != "request_id":
+            setattr(pb.items, target, mb)
+        else:
+            setattr(pb, target, mb)
+        outcome = await unary(register.RecordChange(register_pb2.RecordChangeRequest(change=pb), timeout=TIMEOUT))
+        judge(outcome, f"RecordChange 1 MB {target}", grpc.StatusCode.INVALID_ARGUMENT)
+    assert await net.read("municipality", _origin_state(MUNICIPALITY)) == (head, head)
+    agency = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+    operator = admin_pb2_grpc.AdminServiceStub(net.ch(OPERATORS["center"], "center"))
+    calls: list[tuple[str, Awaitable[Any]]] = [
+        ("LookupResident purpose", agency.LookupResident(provision_pb2.LookupResidentRequest(purpose=mb))),
+        (
+            "LookupResident code",
+            agency.LookupResident(provision_pb2.LookupResidentRequest(purpose="pension-benefit", resident_code=mb)),
+        ),
+        (
+            "SearchResidents name",
+            agency.SearchResidents(
+                provision_pb2.SearchResidentsRequest(purpose="pension-benefit", name=mb, address=hostile.VALID_ADDRESS)
+            ),
+        ),
+        ("GetDigest", operator.GetDigest(admin_pb2.GetDigestRequest(municipality_code=mb))),
+        ("ListAccessLog caller", operator.ListAccessLog(admin_pb2.ListAccessLogRequest(caller=mb))),
+        ("ListAccessLog token", operator.ListAccessLog(admin_pb2.ListAccessLogRequest(page_token=mb))),
+        (
+            "DiscloseResident",
+            disclosure_pb2_grpc.DisclosureServiceStub(net.ch(OPERATORS["center"], "center")).DiscloseResident(
+                disclosure_pb2.DiscloseResidentRequest(resident_code=hostile.SEEDED[0], page_token=mb, to_date=mb)
+            ),
+        ),
+        (
+            "AllocateCodes",
+            codepool_pb2_grpc.CodePoolServiceStub(net.ch(ALLOCATORS["center"], "center")).AllocateCodes(
+                codepool_pb2.AllocateCodesRequest(request_id=mb, municipality_code="132080", count=1)
+            ),
+        ),
+    ]
+    for what, call in calls:
+        judge(await unary(call), f"1 MB {what}")
+    stub = relay_pb2_grpc.RelayServiceStub(net.ch(PUSHERS["center"][0], "center"))
+    judge(await unary(stub.GetCursors(relay_pb2.GetCursorsRequest(origins=[mb]))), "GetCursors 1 MB origin")
+    outcome = await streamed(stub.PushEvents(iter([relay_pb2.PushEventsRequest(origin=mb)]), timeout=TIMEOUT))
+    judge(outcome, "PushEvents 1 MB origin", grpc.StatusCode.INVALID_ARGUMENT)
+    judge(await follow(net, provision_pb2.FollowChangesRequest(purpose=mb)), "FollowChanges 1 MB purpose")
+    for tier in net.nodes:
+        await healthy(net, tier)
+
+
+# -- raw bytes: invalid UTF-8 in string fields, corrupt wire format -------------------------------------
+
+PUSHER_13, PUSHER_01 = PUSHERS["prefecture"][0], PUSHERS["center"][0]
+RAW_CASES: list[tuple[str, str, str, str, Callable[[bytes], bytes]]] = [
+    (
+        "municipality",
+        REGISTER,
+        "unary",
+        "RegisterService/RecordChange",
+        lambda b: hostile.field(1, hostile.field(1, b)),
+    ),
+    (
+        "municipality",
+        REGISTER,
+        "unary",
+        "RegisterService/RecordChange",
+        lambda b: hostile.field(1, hostile.field(5, hostile.field(1, b))),  # change.items.name
+    ),
+    (
+        "municipality",
+        REGISTER,
+        "stream",
+        "RegisterService/RecordChanges",
+        lambda b: hostile.field(1, hostile.field(1, b)),
+    ),
+    ("prefecture", PUSHER_13, "stream", "RelayService/PushEvents", lambda b: hostile.field(1, b)),
+    (
+        "center",
+        PUSHER_01,
+        "stream",
+        "RelayService/PushEvents",
+        lambda b: (
+            hostile.field(1, b"012084") + hostile.field(2, hostile.field(7, hostile.field(5, b)))
+        ),  # events[0].items.address
+    ),
+    ("prefecture", PUSHER_13, "unary", "RelayService/GetCursors", lambda b: hostile.field(1, b)),
+    ("center", ALLOCATORS["center"], "unary", "CodePoolService/AllocateCodes", lambda b: hostile.field(1, b)),
+    ("center", AGENCY, "unary", "ProvisionService/LookupResident", lambda b: hostile.field(2, b)),
+    ("center", AGENCY, "unary", "ProvisionService/SearchResidents", lambda b: hostile.field(2, b)),
+    ("center", AGENCY, "stream", "ProvisionService/LookupResidents", lambda b: hostile.field(2, b)),
+    ("center", AGENCY, "server_stream", "ProvisionService/FollowChanges", lambda b: hostile.field(1, b)),
+    ("center", OPERATORS["center"], "unary", "DisclosureService/DiscloseResident", lambda b: hostile.field(1, b)),
+    ("municipality", OPERATORS["municipality"], "unary", "AdminService/GetStatus", lambda b: b"\x0a\x05" + b),
+    ("prefecture", OPERATORS["prefecture"], "unary", "AdminService/GetDigest", lambda b: hostile.field(1, b)),
+    ("center", OPERATORS["center"], "unary", "AdminService/ListAccessLog", lambda b: hostile.field(4, b)),
+]
+
+
+@pytest.mark.parametrize(
+    ("tier", "who", "kind", "method", "wrap"),
+    [pytest.param(*case, id=f"{case[3].split('/')[1]}-{i}") for i, case in enumerate(RAW_CASES)],
+)
+async def test_undecodable_requests_are_invalid_argument(
+    net: Net, tier: str, who: str, kind: str, method: str, wrap: Callable[[bytes], bytes]
+) -> None:
+    ch = net.ch(who, tier)
+    full = f"/jukinet.wire.v1.{method}"
+    for bad in hostile.INVALID_UTF8:
+        payload = wrap(bad)
+        if kind == "unary":
+            outcome = await unary(raw_unary(ch, full)(payload, timeout=TIMEOUT))
+        elif kind == "stream":
+            outcome = await streamed(raw_stream(ch, full)(iter([payload]), timeout=TIMEOUT))
+        else:
+            outcome = await streamed(raw_server_stream(ch, full)(payload, timeout=TIMEOUT))
+        await healthy(net, tier)  # the connection survives whatever the status
+        judge(outcome, f"{method} with {payload[:40]!r}", grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_names_whose_search_key_outgrows_the_column_are_refused_at_every_edge(net: Net) -> None:
+    """ß -> ss, ㍻ -> 平成, U+FDFA -> 18 characters: the center stores the search key in a column as long as
+    the name's. Such a name used to pass the municipality and the prefecture and then fail at the center
+    with INTERNAL on PostgreSQL, on every retry: one change stopped the prefecture's whole relay."""
+    register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
+    head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
+    for i, (target, value) in enumerate((("name", "ß" * 100), ("name", "\ufdfa" * 7), ("address", "㍻" * 101))):
+        pb = change(f"expand-{i}", R.CHANGE_REASON_EX_OFFICIO_RECORD)
+        setattr(pb.items, target, value)
+        outcome = await unary(register.RecordChange(register_pb2.RecordChangeRequest(change=pb), timeout=TIMEOUT))
+        judge(outcome, f"RecordChange {target}={value[:3]}...", grpc.StatusCode.INVALID_ARGUMENT)
+        assert outcome.details.startswith(f"items.{target}: its search form"), outcome.details
+    assert await net.read("municipality", _origin_state(MUNICIPALITY)) == (head, head)
+    for tier, (who, origin) in PUSHERS.items():
+        cursor, _ = await net.read(tier, _origin_state(origin))
+        stub = relay_pb2_grpc.RelayServiceStub(net.ch(who, tier))
+        for name in hostile.EXPANDING:
+            relayed = event(cursor + 1, hostile.RELAYED_CODES[0])
+            relayed.items.name = name
+            batch = relay_pb2.PushEventsRequest(origin=origin, events=[relayed])
+            outcome = await streamed(stub.PushEvents(iter([batch]), timeout=TIMEOUT))
+            judge(outcome, f"PushEvents to {tier} name={name[:3]}...", grpc.StatusCode.INVALID_ARGUMENT)
+        assert await net.read(tier, _origin_state(origin)) == (cursor, cursor)
+    # The relay still flows end to end.
+    after = change("expand-after", R.CHANGE_REASON_EX_OFFICIO_RECORD, name="Strauß")
+    outcome = await unary(register.RecordChange(register_pb2.RecordChangeRequest(change=after), timeout=TIMEOUT))
+    judge(outcome, "RecordChange Strauß", grpc.StatusCode.OK)
+    seq = int(outcome.responses[0].result.seq)
+
+    async def at_center() -> bool:
+        head, _ = await net.read("center", _origin_state(MUNICIPALITY))
+        return head >= seq
+
+    await eventually(at_center)
+
+
+# -- PostgreSQL text: NUL and length ------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def pg_municipality(net: Net, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    """A municipality on PostgreSQL (012084; its upstream is unreachable, it needs none here)."""
+    if not net.postgres:
+        pytest.skip("PostgreSQL is unreachable")
+    databases = _Databases(tmp_path)
+    node = await start("municipality", "012084", databases.url("m012084"), net.pki, upstream="127.0.0.1:9")
+    try:
+        yield node
+    finally:
+        await node.stop()
+        databases.drop()
+
+
+async def test_a_nul_request_id_is_refused_alone_on_postgresql(net: Net, pg_municipality: RunningNode) -> None:
+    """The refused change's request_id is echoed and access-logged in the batch's transaction: a NUL in it
+    used to fail the whole message with INTERNAL (PostgreSQL text cannot hold NUL)."""
+    changes = [
+        change("nul\x00id", R.CHANGE_REASON_MOVE_IN, hostile.code(3200000001)),
+        change("nul-neighbour", R.CHANGE_REASON_MOVE_IN, hostile.code(3200000002)),
+    ]
+    async with channel(net.pki, "jukinet://register/012084", pg_municipality.address) as ch:
+        stub = register_pb2_grpc.RegisterServiceStub(ch)
+        call = stub.RecordChanges(iter([register_pb2.RecordChangesRequest(changes=changes)]), timeout=TIMEOUT)
+        outcome = await streamed(call)
+    judge(outcome, "RecordChanges with a NUL request_id", grpc.StatusCode.OK)
+    assert [(r.status_code, r.field) for r in outcome.responses[0].results] == [(3, "request_id"), (0, "")]
+    assert await pg_municipality.ctx.store.read(_origin_state("012084")) == (1, 1)
+
+
+PG_FINDING = "finding on PostgreSQL (admin_servicer.py): "
+
+
+async def test_finding_list_access_log_caller_with_nul(net: Net, pg_municipality: RunningNode) -> None:
+    async with channel(net.pki, "jukinet://operator/municipality-012084/t", pg_municipality.address) as ch:
+        request = admin_pb2.ListAccessLogRequest(caller="jukinet://register/012084\x00")
+        outcome = await unary(admin_pb2_grpc.AdminServiceStub(ch).ListAccessLog(request, timeout=TIMEOUT))
+    judge(outcome, "ListAccessLog caller with NUL")
+
+
+async def test_finding_cut_off_with_a_200_character_reason(net: Net, pg_municipality: RunningNode) -> None:
+    async with channel(net.pki, "jukinet://operator/municipality-012084/t", pg_municipality.address) as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        outcome = await unary(stub.CutOff(admin_pb2.CutOffRequest(reason="r" * 200), timeout=TIMEOUT))
+        judge(await unary(stub.Resume(admin_pb2.ResumeRequest(), timeout=TIMEOUT)), "Resume", grpc.StatusCode.OK)
+    judge(outcome, "CutOff with a 200-character reason")
+
+
+async def test_finding_a_refusal_with_a_nul_purpose_is_access_logged(net: Net) -> None:
+    if not net.postgres:
+        pytest.skip("PostgreSQL is unreachable")
+
+    def count(conn: Connection) -> int:
+        return queries.counts(conn).access_log
+
+    before = await net.read("center", count)
+    stub = provision_pb2_grpc.ProvisionServiceStub(net.ch(AGENCY, "center"))
+    request = provision_pb2.LookupResidentRequest(purpose="pension-benefit\x00", resident_code=hostile.SEEDED[0])
+    judge(
+        await unary(stub.LookupResident(request, timeout=TIMEOUT)), "LookupResident", grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert await net.read("center", count) == before + 1, "the refused call left no access-log entry"
+
+
+@pytest.mark.parametrize(
+    ("tier", "token"),
+    [("municipality", "²"), ("prefecture", "²²"), ("center", "١²"), *((tier, "9" * 19) for tier in OPERATORS)],
+)
+async def test_finding_list_access_log_page_token(net: Net, tier: str, token: str) -> None:
+    stub = admin_pb2_grpc.AdminServiceStub(net.ch(OPERATORS[tier], tier))
+    outcome = await unary(stub.ListAccessLog(admin_pb2.ListAccessLogRequest(page_token=token), timeout=TIMEOUT))
+    judge(outcome, f"ListAccessLog page_token={token!r}", grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_finding_disclose_page_token_past_int64(net: Net) -> None:
+    stub = disclosure_pb2_grpc.DisclosureServiceStub(net.ch(OPERATORS["center"], "center"))
+    request = disclosure_pb2.DiscloseResidentRequest(resident_code=hostile.SEEDED[0], page_token="9" * 19)
+    outcome = await unary(stub.DiscloseResident(request, timeout=TIMEOUT))
+    judge(outcome, "DiscloseResident page_token=9999999999999999999", grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_an_undecodable_message_mid_stream_keeps_the_messages_before_it(net: Net) -> None:
+    """Whatever the status (pinned by test_undecodable_requests_are_invalid_argument), the message before
+    the undecodable one is recorded and nothing after it."""
+    head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
+    first = register_pb2.RecordChangesRequest(changes=[change("mid-ok", R.CHANGE_REASON_EX_OFFICIO_RECORD)])
+    broken = hostile.field(1, hostile.field(1, b"\xff\xfe"))
+    later = register_pb2.RecordChangesRequest(changes=[change("mid-later", R.CHANGE_REASON_EX_OFFICIO_RECORD)])
+    call = raw_stream(net.ch(REGISTER, "municipality"), "/jukinet.wire.v1.RegisterService/RecordChanges")(
+        iter([first.SerializeToString(), broken, later.SerializeToString()]), timeout=TIMEOUT
+    )
+    outcome = await streamed(call)
+    assert outcome.code is not grpc.StatusCode.OK
+    assert len(outcome.responses) == 1
+    assert await net.read("municipality", _origin_state(MUNICIPALITY)) == (head + 1, head + 1)
+    await healthy(net, "municipality")
+
+
+async def test_everything_accepted_reaches_the_center_unchanged(net: Net) -> None:
+    """Whatever one tier accepted, the next accepts too: the relays are not stuck on a poison batch, and
+    the tiers agree (digests) on every origin the fuzz wrote through the network."""
+    for origin, tiers in (
+        (MUNICIPALITY, ("municipality", "prefecture", "center")),
+        ("132187", ("prefecture", "center")),
+    ):
+
+        async def agreed(origin: str = origin, tiers: tuple[str, ...] = tiers) -> bool:
+            digests = [await net.read(tier, lambda c: queries.digest(c, origin)) for tier in tiers]
+            return len({(d.head_seq, d.count, d.sha256) for d in digests}) == 1
+
+        await eventually(agreed, timeout=30)
