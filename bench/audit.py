@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import os
 import random
 import shutil
@@ -49,8 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench.relay import (
     CODEPOOL_CONFIG,
     MUNICIPALITY,
@@ -58,6 +55,7 @@ from bench.relay import (
     PREFECTURE,
     machine_info,
     people,
+    run_in_folder,
     run_network,
     say,
 )
@@ -375,32 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"unknown mode {mode}")
         run_bench_node(mode, Path(config), int(every), float(interval))
         return 0
-    if args.dir is not None:
-        root = args.dir.resolve()
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-    else:
-        root = Path(tempfile.mkdtemp(prefix="jukinet-audit-"))
-    keep = args.keep
-    try:
-        result = asyncio.run(run(args, root))
-    except KeyboardInterrupt:
-        say(f"interrupted; run folder {root}")
-        keep = True
-        return 130
-    except (RuntimeError, grpc.aio.AioRpcError) as error:
-        say(f"audit bench failed: {error}\nrun folder kept: {root}")
-        keep = True
-        return 1
-    finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-    if keep:
-        result["run_dir"] = str(root)
-    print_summary(result)
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+    return run_in_folder(args, "audit", lambda root: run(args, root), print_summary)
 
 
 if __name__ == "__main__":

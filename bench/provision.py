@@ -41,12 +41,10 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections import Counter
@@ -64,6 +62,7 @@ from bench.relay import (
     own_cpu_seconds,
     preload_center,
     read_json_line,
+    run_in_folder,
     say,
     stop_process,
     summarize_log,
@@ -676,32 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bare_server:
         asyncio.run(serve_bare(Path(args.bare_server)))
         return 0
-    if args.dir is not None:
-        root = args.dir.resolve()
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-    else:
-        root = Path(tempfile.mkdtemp(prefix="jukinet-provision-"))
-    keep = args.keep
-    try:
-        result = asyncio.run(run(args, root))
-    except KeyboardInterrupt:
-        say(f"interrupted; run folder {root}")
-        keep = True
-        return 130
-    except (RuntimeError, grpc.aio.AioRpcError) as error:
-        say(f"provision bench failed: {error}\nrun folder kept: {root}")
-        keep = True
-        return 1
-    finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-    if keep:
-        result["run_dir"] = str(root)
-    print_summary(result)
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+    return run_in_folder(args, "provision", lambda root: run(args, root), print_summary)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -815,28 +815,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if args.ceiling_server:
-        asyncio.run(serve_ceiling(Path(args.ceiling_server[0]), Path(args.ceiling_server[1])))
-        return 0
+def run_in_folder(
+    args: argparse.Namespace,
+    name: str,
+    work: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]],
+    summary: Callable[[dict[str, Any]], None],
+) -> int:
+    """Runs one benchmark in its run folder (--dir, or a new temporary one), keeps the folder on failure or
+    with --keep, prints the human summary and, as the last line, the JSON result. Shared by every bench."""
     if args.dir is not None:
         root = args.dir.resolve()
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
     else:
-        root = Path(tempfile.mkdtemp(prefix="jukinet-relay-"))
+        root = Path(tempfile.mkdtemp(prefix=f"jukinet-{name}-"))
     keep = args.keep
     try:
-        result = asyncio.run(run(args, root))
+        result = asyncio.run(work(root))
     except KeyboardInterrupt:
         say(f"interrupted; run folder {root}")
         keep = True
         return 130
     except (RuntimeError, grpc.aio.AioRpcError) as error:
-        say(f"relay bench failed: {error}\nrun folder kept: {root}")
+        say(f"{name} bench failed: {error}\nrun folder kept: {root}")
         keep = True
         return 1
     finally:
@@ -844,9 +846,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     if keep:
         result["run_dir"] = str(root)
-    print_summary(result)
+    summary(result)
     print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if args.ceiling_server:
+        asyncio.run(serve_ceiling(Path(args.ceiling_server[0]), Path(args.ceiling_server[1])))
+        return 0
+    return run_in_folder(args, "relay", lambda root: run(args, root), print_summary)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime as dt
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,3 +108,17 @@ def event(
     )
     pb.recorded_time.FromDatetime(dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=seq))
     return pb
+
+
+async def jukinet(*args: str) -> tuple[int, str, str]:
+    """Runs the `jukinet` command line in a subprocess (bounded): exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jukinet.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode or 0, out.decode(), err.decode()

@@ -2,16 +2,17 @@
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from jukinet.codes import resident_code_from_body
 from jukinet.rpc.runtime import RunningNode
+from jukinet.storage.schema import feed_subscription
 from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
-from tests.helpers.nodes import AGENCIES, channel, event, start
+from tests.helpers.nodes import AGENCIES, channel, event, eventually, jukinet, start
 from tests.integration.test_disclosure import ALICE, ALICE_NEW, BENEFIT, OPERATOR, PENSION, PROOF, seed
 
 AGENCY = "jukinet://agency/pension"
@@ -27,23 +28,10 @@ async def center(pki_dir: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
         await node.stop()
 
 
-async def _jukinet(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jukinet.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def _agency_lookup(
     node: RunningNode, pki_dir: Path, code: str, purpose: str, *extra: str
 ) -> tuple[int, str, str]:
-    return await _jukinet(
+    return await jukinet(
         "agency",
         "lookup",
         code,
@@ -60,7 +48,7 @@ async def _agency_lookup(
 
 
 async def _disclose(node: RunningNode, pki_dir: Path, code: str, *extra: str) -> tuple[int, str, str]:
-    return await _jukinet("disclose", code, "--node", node.address, "--pki-dir", str(pki_dir), "--as", OPERATOR, *extra)
+    return await jukinet("disclose", code, "--node", node.address, "--pki-dir", str(pki_dir), "--as", OPERATOR, *extra)
 
 
 async def test_agency_lookup_prints_the_provided_record(center: RunningNode, pki_dir: Path) -> None:
@@ -118,7 +106,7 @@ def _common(node: RunningNode, pki_dir: Path) -> list[str]:
 
 
 async def test_agency_search_bulk_and_follow_print_json(center: RunningNode, pki_dir: Path, tmp_path: Path) -> None:
-    code, out, err = await _jukinet(
+    code, out, err = await jukinet(
         "agency", "search", "--name", "山田 太郎", "--birth-date", "1980-04-01", "--sex", "male",
         "--purpose", BENEFIT[0], *_common(center, pki_dir), "--json",
     )  # fmt: skip
@@ -128,7 +116,7 @@ async def test_agency_search_bulk_and_follow_print_json(center: RunningNode, pki
 
     codes = tmp_path / "codes.txt"
     codes.write_text(f"{ALICE}\n12345678904\n", encoding="utf-8")
-    code, out, err = await _jukinet("agency", "bulk", str(codes), "--purpose", BENEFIT[0], *_common(center, pki_dir))
+    code, out, err = await jukinet("agency", "bulk", str(codes), "--purpose", BENEFIT[0], *_common(center, pki_dir))
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["status_code"] for line in lines] == [0, 3]
@@ -136,9 +124,12 @@ async def test_agency_search_bulk_and_follow_print_json(center: RunningNode, pki
     assert "1 found, 1 refused of 2" in err
 
     follow = asyncio.create_task(
-        _jukinet("agency", "follow", "--purpose", PROOF[0], "--limit", "1", *_common(center, pki_dir))
+        jukinet("agency", "follow", "--purpose", PROOF[0], "--limit", "1", *_common(center, pki_dir))
     )
-    await asyncio.sleep(1.5)  # the first call creates the subscription; then a change arrives
+    # the first call creates the subscription (the feed holds what comes after it); then a change arrives
+    await eventually(
+        lambda: center.ctx.store.read(lambda c: c.execute(select(func.count()).select_from(feed_subscription)).scalar())
+    )
     async with channel(pki_dir, "jukinet://prefecture/13", center.address) as ch:
         call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
             iter(

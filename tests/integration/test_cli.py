@@ -1,8 +1,6 @@
 """The operator and register-system commands against real in-process nodes over mTLS."""
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import pytest
 
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage import queries
-from tests.helpers.nodes import eventually, start
+from tests.helpers.nodes import eventually, jukinet, start
 
 
 @pytest.fixture
@@ -26,19 +24,6 @@ async def municipality(pki_dir: Path, tmp_path: Path) -> AsyncIterator[RunningNo
             await n.stop()
 
 
-async def _jukinet(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jukinet.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def test_register_import_reports_accepted_and_rejected_rows(
     municipality: RunningNode, pki_dir: Path, tmp_path: Path
 ) -> None:
@@ -52,7 +37,7 @@ async def test_register_import_reports_accepted_and_rejected_rows(
     file = tmp_path / "changes.csv"
     file.write_text("\n".join(rows) + "\n", encoding="utf-8")
     rejects = tmp_path / "rejects.jsonl"
-    code, _, err = await _jukinet(
+    code, _, err = await jukinet(
         "register",
         "import",
         str(file),
@@ -77,13 +62,13 @@ async def test_log_show_lists_entries_for_an_operator_and_refuses_others(
     municipality: RunningNode, pki_dir: Path
 ) -> None:
     operator = "jukinet://operator/municipality-132080/t"
-    code, out, err = await _jukinet(
+    code, out, err = await jukinet(
         "log", "show", "--node", municipality.address, "--pki-dir", str(pki_dir), "--as", operator, "--json"
     )
     assert code == 0, err
     entries = [json.loads(line) for line in out.splitlines()]
     assert any(e["method"].endswith("AllocateCodes") and e["direction"] == "made" for e in entries)
-    code, _, err = await _jukinet(
+    code, _, err = await jukinet(
         "log",
         "show",
         "--node",
