@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -14,9 +13,9 @@ from rich.table import Table
 
 from jukinet.cli.agency import AsJson, Node, PkiDir, record_json, record_table, run_rpc
 from jukinet.cli.client import client_channel
+from jukinet.domain.validate import JST
 from jukinet.wire.v1 import disclosure_pb2, disclosure_pb2_grpc, provision_pb2
 
-JST = ZoneInfo("Asia/Tokyo")
 TIMEOUT_S = 30.0
 PAGE_SIZE = 1000
 

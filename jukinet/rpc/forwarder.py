@@ -11,7 +11,7 @@ import datetime as dt
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -43,7 +43,6 @@ class Forwarder:
         upstream_identity: str,
         credentials: Callable[[], grpc.ChannelCredentials],
         metrics: NodeMetrics,
-        origins: Mapping[str, int] | None = None,
         batch_size: int = 2000,
         window: int = 4,
         switch: LinkSwitch | None = None,
@@ -56,12 +55,11 @@ class Forwarder:
         self._metrics = metrics
         self._batch_size = batch_size
         self._window = max(1, window)
-        self._heads: dict[str, int] = dict(origins or {})
+        self._heads: dict[str, int] = {}  # loaded from the database at every session start
         self._acked: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._recent: dict[str, dict[int, list[types_pb2.ChangeEvent]]] = {}
         self._recent_size = 0
-        self._heads_loaded = origins is not None
         self.connected = False
 
     def notify(self, origin: str, head_seq: int, events: Sequence[types_pb2.ChangeEvent] = ()) -> None:
@@ -116,10 +114,6 @@ class Forwarder:
             self._metrics.outbox_depth.set(self.pending())
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not self._heads_loaded:
-            for origin, head in (await self._store.read(queries.head_seqs)).items():
-                self.notify(origin, head)
-            self._heads_loaded = True
         backoff = 0.2
         while not stop.is_set():
             if self._switch is not None and self._switch.cut_off:

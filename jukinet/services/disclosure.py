@@ -5,15 +5,14 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 from jukinet.domain.errors import InvalidField, NotFoundError
 from jukinet.domain.model import ChangeEvent, ChangeReason, Registration
 from jukinet.domain.registry_state import CurrentRecord, Status, current_record
+from jukinet.domain.validate import JST
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
 
-JST = ZoneInfo("Asia/Tokyo")
 MAX_CODE_CHANGES = 32  # a resident's chain of codes is short; bound both walks anyway
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from jukinet.domain.agency import Agency
 from jukinet.domain.errors import QuotaExceeded
-
-JST = dt.timezone(dt.timedelta(hours=9))
+from jukinet.domain.validate import JST
 
 
 @dataclass

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 
+from jukinet.domain.validate import JST
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import rows
 from jukinet.storage.schema import access_log, event, free_code, provision_log, registration
@@ -119,8 +120,7 @@ def access_page(
 
 def provided_today(conn: Connection) -> dict[str, int]:
     """Records provided per agency since midnight JST (to restore daily quotas after a restart)."""
-    now = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=9)))
-    midnight = dt.datetime.combine(now.date(), dt.time(), now.tzinfo)
+    midnight = dt.datetime.combine(dt.datetime.now(JST).date(), dt.time(), JST)
     query = (
         select(provision_log.c.agency, func.count())
         .where(provision_log.c.at_us >= rows.to_us(midnight))

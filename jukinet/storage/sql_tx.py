@@ -179,9 +179,6 @@ class SqlTx:
         for chunk in _chunks(codes):
             self.conn.execute(delete(free_code).where(free_code.c.resident_code.in_(chunk)))
 
-    def events_after(self, origin: str, after_seq: int, limit: int) -> list[ChangeEvent]:
-        return [rows.event_from(row) for row in self.event_rows_after(origin, after_seq, limit)]
-
     def event_rows_after(self, origin: str, after_seq: int, limit: int) -> list[Row[Any]]:
         """Raw rows for the relay sender, which turns them into protobuf without a domain round trip."""
         query = (
