@@ -3,16 +3,16 @@
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
 from sqlalchemy import Connection
 
 from jukinet.domain.agency import Agency, AgencyRegistry, Purpose
-from jukinet.domain.errors import InvalidField
+from jukinet.domain.errors import InvalidField, NotFoundError
 from jukinet.domain.model import ChangeEvent
 from jukinet.domain.registry_state import Status
 from jukinet.domain.validate import iso_date, resident_code, text
@@ -23,21 +23,27 @@ from jukinet.rpc.guard import Call, Guard
 from jukinet.services.provision import (
     BulkItem,
     FeedDelivery,
+    LookupRequest,
     Provided,
     bulk_lookup,
     feed_record,
-    lookup,
+    lookups,
     next_feed_items,
     parse_search,
     search,
+    sorted_fields,
 )
 from jukinet.services.quota import Quotas, RateWatch
 from jukinet.storage import Store
+from jukinet.storage.batcher import WriteBatcher
 from jukinet.storage.center_tx import CenterTx
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 
 log = structlog.get_logger(__name__)
 MAX_BULK_MESSAGE = 5000
+BULK_AHEAD = 2  # bulk messages looked up ahead of the one being answered
+# What the bulk reader hands the answering loop: a message's codes and its lookup, a refusal, or the end.
+_BulkStep: TypeAlias = "tuple[list[str], asyncio.Future[list[BulkItem]]] | Exception | None"
 FEED_BATCH = 500
 FEED_POLL_S = 0.5
 
@@ -59,6 +65,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         self._registry = registry
         self._quotas = quotas
         self._new_events = new_events
+        self._lookups: WriteBatcher[LookupRequest, Provided] = WriteBatcher(store, _lookups)
 
     def _grant(self, call: Call, purpose_id: str, items: int = 1) -> tuple[Agency, Purpose]:
         agency, purpose = self._registry.purpose_for(call.caller, purpose_id)
@@ -80,11 +87,10 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             agency, purpose = self._grant(call, request.purpose)
             code = resident_code("resident_code", request.resident_code)
             now = dt.datetime.now(dt.UTC)
-            provided = await self._store.write(
-                lambda conn: lookup(CenterTx(conn), agency=agency, purpose=purpose, code=code, call=call.info, now=now),
-                isolated=False,  # lookup raises only before it writes
-            )
-            return provision_pb2.LookupResidentResponse(record=provided_to_pb(provided))
+            provided = await self._lookups.submit(LookupRequest(agency, purpose, code, call.info, now))
+            response = provision_pb2.LookupResidentResponse()
+            fill_record(response.record, provided)
+            return response
         raise AssertionError("unreachable")
 
     async def SearchResidents(
@@ -110,8 +116,36 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         request_iterator: AsyncIterator[provision_pb2.LookupResidentsRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[provision_pb2.LookupResidentsResponse]:
+        """Messages are answered in order; up to BULK_AHEAD later messages are already being looked up
+        (and provision-logged) while one answer is built, so the database and the encoding overlap."""
         async with self._guard.call(context, authz.LOOKUP_RESIDENTS) as call:
-            granted: tuple[Agency, Purpose] | None = None
+            ahead: asyncio.Queue[_BulkStep] = asyncio.Queue(maxsize=BULK_AHEAD)
+            reader = asyncio.create_task(self._read_bulk(request_iterator, call, ahead))
+            try:
+                while (step := await ahead.get()) is not None:
+                    if isinstance(step, Exception):
+                        raise step
+                    raw_codes, lookup = step
+                    items = await lookup
+                    yield _bulk_response(raw_codes, items)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                while not ahead.empty():  # lookups already under way still commit; nobody awaits them now
+                    left = ahead.get_nowait()
+                    if isinstance(left, tuple):
+                        left[1].add_done_callback(_consume)
+
+    async def _read_bulk(
+        self,
+        request_iterator: AsyncIterator[provision_pb2.LookupResidentsRequest],
+        call: Call,
+        ahead: "asyncio.Queue[_BulkStep]",
+    ) -> None:
+        """Checks each message and starts its lookup; hands (codes, lookup) to the answering loop in order.
+        A refusal is handed over as the exception itself, after the lookups before it."""
+        granted: tuple[Agency, Purpose] | None = None
+        try:
             async for request in request_iterator:
                 call.check_open()
                 if granted is None:
@@ -123,15 +157,20 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                     raise InvalidField("resident_codes", f"at most {MAX_BULK_MESSAGE} codes per message")
                 agency, purpose = granted
                 self._quotas.charge(agency, len(request.resident_codes))
-                codes = [_code_or_error(c) for c in request.resident_codes]
+                raw_codes = list(request.resident_codes)
+                codes = [_code_or_error(c) for c in raw_codes]
                 now = dt.datetime.now(dt.UTC)
-                items = await self._store.write(
-                    partial(_bulk, agency=agency, purpose=purpose, codes=codes, call=call.info, now=now),
-                    isolated=False,  # bulk lookups never raise for one bad item
+                lookup = asyncio.ensure_future(
+                    self._store.write(
+                        partial(_bulk, agency=agency, purpose=purpose, codes=codes, call=call.info, now=now),
+                        isolated=False,  # bulk lookups never raise for one bad item
+                    )
                 )
-                yield provision_pb2.LookupResidentsResponse(
-                    results=[_bulk_result(raw, item) for raw, item in zip(request.resident_codes, items, strict=True)]
-                )
+                await ahead.put((raw_codes, lookup))
+        except Exception as error:
+            await ahead.put(error)
+            return
+        await ahead.put(None)
 
     async def FollowChanges(
         self, request: provision_pb2.FollowChangesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -173,6 +212,16 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             await asyncio.wait_for(event.wait(), timeout=FEED_POLL_S)
 
 
+def _consume(future: "asyncio.Future[Any]") -> None:
+    """Retrieves an abandoned lookup's outcome, so a failure is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _lookups(conn: Connection, requests: Sequence[LookupRequest]) -> list[Provided | NotFoundError]:
+    return lookups(CenterTx(conn), requests)
+
+
 def _bulk(conn: Connection, **kwargs: Any) -> list[BulkItem]:
     return bulk_lookup(CenterTx(conn), **kwargs)
 
@@ -194,13 +243,18 @@ def _code_or_error(value: str) -> str | InvalidField:
         return error
 
 
-def _bulk_result(raw: str, item: BulkItem) -> provision_pb2.LookupResult:
-    if item.provided is not None:
-        return provision_pb2.LookupResult(resident_code=raw, status_code=0, record=provided_to_pb(item.provided))
-    assert item.error is not None  # noqa: S101 - an item has either a record or an error
-    return provision_pb2.LookupResult(
-        resident_code=raw[:11], status_code=error_number(item.error), message=str(item.error)
-    )
+def _bulk_response(raw_codes: Sequence[str], items: Sequence[BulkItem]) -> provision_pb2.LookupResidentsResponse:
+    """One result per code, in order. Built in place (results.add, fields set on the nested messages):
+    constructing each record and then copying it into its result costs about twice as much."""
+    response = provision_pb2.LookupResidentsResponse()
+    add = response.results.add
+    for raw, item in zip(raw_codes, items, strict=True):
+        if item.provided is not None:
+            fill_record(add(resident_code=raw).record, item.provided)
+            continue
+        assert item.error is not None  # noqa: S101 - an item has either a record or an error
+        add(resident_code=raw[:11], status_code=error_number(item.error), message=str(item.error))
+    return response
 
 
 def _change_pb(e: ChangeEvent) -> provision_pb2.ProvidedChange:
@@ -214,25 +268,32 @@ def _change_pb(e: ChangeEvent) -> provision_pb2.ProvidedChange:
 
 
 def provided_to_pb(provided: Provided) -> provision_pb2.ProvidedRecord:
+    record = provision_pb2.ProvidedRecord()
+    fill_record(record, provided)
+    return record
+
+
+def fill_record(target: provision_pb2.ProvidedRecord, provided: Provided) -> None:
     """Only the purpose's fields are filled in; the others stay empty on the wire."""
-    reg = provided.record.registration
+    current = provided.record
+    items = current.registration.items
     fields = provided.fields
-    items = reg.items
-    return provision_pb2.ProvidedRecord(
-        resident_code=provided.record.resident_code,
-        status=(
-            provision_pb2.RESIDENT_STATUS_ACTIVE
-            if provided.record.status is Status.ACTIVE
-            else provision_pb2.RESIDENT_STATUS_DELETED
-        ),
-        municipality_code=provided.record.holder,
-        items=types_pb2.IdentityItems(
-            name=items.name if "name" in fields else "",
-            alias=items.alias if "alias" in fields else "",
-            birth_date=items.birth_date.isoformat() if "birth_date" in fields else "",
-            sex=int(items.sex) if "sex" in fields else 0,  # type: ignore[arg-type]
-            address=items.address if "address" in fields else "",
-        ),
-        history=[_change_pb(e) for e in provided.history],
-        provided_fields=sorted(fields),
-    )
+    target.resident_code = current.resident_code
+    active = current.status is Status.ACTIVE
+    target.status = provision_pb2.RESIDENT_STATUS_ACTIVE if active else provision_pb2.RESIDENT_STATUS_DELETED
+    target.municipality_code = current.holder
+    out = target.items
+    out.SetInParent()
+    if "name" in fields:
+        out.name = items.name
+    if "alias" in fields:
+        out.alias = items.alias
+    if "birth_date" in fields:
+        out.birth_date = items.birth_date.isoformat()
+    if "sex" in fields:
+        out.sex = int(items.sex)  # type: ignore[assignment]
+    if "address" in fields:
+        out.address = items.address
+    if provided.history:
+        target.history.extend([_change_pb(e) for e in provided.history])
+    target.provided_fields.extend(sorted_fields(fields))

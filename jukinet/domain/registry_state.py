@@ -85,6 +85,10 @@ def current_record(registrations: Iterable[Registration]) -> CurrentRecord | Non
     regs = list(registrations)
     if not regs:
         return None
+    if len(regs) == 1:  # most residents: one municipality has ever reported them
+        only = regs[0]
+        status = Status.ACTIVE if only.active else Status.RETIRED if only.replaced_by else Status.DELETED
+        return CurrentRecord(only.resident_code, status, only.municipality, only)
     active = [r for r in regs if r.active]
     if active:
         chosen = max(active, key=_recency)

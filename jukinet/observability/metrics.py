@@ -4,6 +4,7 @@ Labels are bounded: tier, method (the fixed set of RPC names), status code, orig
 for at most its prefecture's municipalities). Never a request id or a resident code."""
 
 from dataclasses import dataclass, field
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -88,6 +89,17 @@ class NodeMetrics:
             "1 while this node's own log does not extend its last witnessed checkpoint (or the parent says so).",
             registry=r,
         )
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def count_rpc(self, method: str, code: str, seconds: float) -> None:
+        """One served call: its count by (method, code) and its duration. The labelled children are looked
+        up once per pair (methods and codes are bounded sets), not on every call."""
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            children = (self.rpcs.labels(method, code), self.rpc_duration.labels(method))
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def start_metrics_server(metrics: NodeMetrics, listen: str) -> WSGIServer:

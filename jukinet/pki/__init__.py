@@ -8,7 +8,7 @@ from jukinet.pki.credentials import (
     channel_credentials,
     server_credentials,
 )
-from jukinet.pki.peer import PeerCertificate, peer_certificate, peer_node_id
+from jukinet.pki.peer import PeerCertificate, peer_certificate, peer_identity, peer_node_id
 from jukinet.pki.revocation import RevocationList, certificate_serial, revoke
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "issue",
     "paths_for",
     "peer_certificate",
+    "peer_identity",
     "peer_node_id",
     "revoke",
     "server_credentials",

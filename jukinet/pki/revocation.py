@@ -61,6 +61,7 @@ class RevocationList:
 
     def __init__(self, pki_dir: Path) -> None:
         self._pki_dir = pki_dir
+        self._path = str(crl_path(pki_dir))  # checked on every call: a plain os.stat, no Path building
         self._stamp: tuple[int, int] | None = None
         self._serials: frozenset[int] = frozenset()
 
@@ -69,16 +70,15 @@ class RevocationList:
         return serial in self._serials
 
     def _refresh(self) -> None:
-        path = crl_path(self._pki_dir)
         try:
-            stat = path.stat()
+            stat = os.stat(self._path)
         except FileNotFoundError:
             self._stamp, self._serials = None, frozenset()
             return
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return
-        crl = x509.load_pem_x509_crl(path.read_bytes())
+        crl = x509.load_pem_x509_crl(Path(self._path).read_bytes())
         ca = x509.load_pem_x509_certificate((self._pki_dir / "ca.pem").read_bytes())
         if not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
             return  # keep the last good list; a forged CRL must not un-revoke anyone

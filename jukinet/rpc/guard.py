@@ -2,6 +2,7 @@
 mapping to status codes, metrics and the access-log entry of a refused or failed call."""
 
 import datetime as dt
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from jukinet.domain.errors import (
 )
 from jukinet.domain.identity import NodeId, Role
 from jukinet.observability.metrics import NodeMetrics
-from jukinet.pki import RevocationList, peer_certificate, peer_node_id
+from jukinet.pki import PeerCertificate, RevocationList, peer_identity
 from jukinet.rpc.authz import check_operator_role, crosses_links
 from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
@@ -79,9 +80,9 @@ class Guard:
         request_id = _request_id(context)
         code = grpc.StatusCode.OK
         try:
-            caller = peer_node_id(context)
+            caller, cert = peer_identity(context)
             peer = caller.uri
-            self._check_certificate(context, caller, method)
+            self._check_certificate(cert, caller, method)
             allowed = self._policy.get(method, frozenset())
             if caller.role not in allowed:
                 roles = ", ".join(sorted(r.value for r in allowed)) or "nobody"
@@ -112,12 +113,10 @@ class Guard:
                 f"internal error {error_id}; the operator can look it up",
             )
         finally:
-            self._metrics.rpcs.labels(short, code.name).inc()
-            self._metrics.rpc_duration.labels(short).observe(time.perf_counter() - started)
+            self._metrics.count_rpc(short, code.name, time.perf_counter() - started)
 
-    def _check_certificate(self, context: grpc.aio.ServicerContext[Any, Any], caller: NodeId, method: str) -> None:
+    def _check_certificate(self, cert: PeerCertificate, caller: NodeId, method: str) -> None:
         """Revocation and expiry on every call (grpcio has no CRL option), and the operator's role."""
-        cert = peer_certificate(context)
         if self._revocations is not None and self._revocations.is_revoked(cert.serial):
             raise CertificateRevoked(
                 f"the certificate of {caller.uri} (serial {cert.serial:x}) is revoked; ask the network CA for a new one"
@@ -157,7 +156,15 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
             return value
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
+    """A fresh id for a call that brought none: for correlation, not secrecy (no syscall per call)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random()  # noqa: S311 - seeded from os.urandom; request ids need uniqueness, not secrecy
 
 
 def _transport_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from jukinet.config import NodeConfig
 from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
 from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, RevocationList, paths_for, server_credentials
-from jukinet.rpc.decode_guard import DecodeGuard
+from jukinet.rpc.decode_guard import LenientServer
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
@@ -114,17 +114,18 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     )
     parts = build(ctx)
     server = grpc.aio.server(
-        interceptors=[DecodeGuard()],
         options=[
             *SECURE_SERVER_OPTIONS,
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
+    # Every servicer registers through LenientServer: undecodable requests become INVALID_ARGUMENT.
+    registrar = cast(grpc.aio.Server, LenientServer(server))
     for add in parts.add_servicers:
-        add(server)
+        add(registrar)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     reflection.enable_server_reflection(
         [
             *parts.service_names,

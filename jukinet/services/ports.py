@@ -32,7 +32,7 @@ class ProvisionEntry:
     agency: str
     purpose: str
     resident_code: str
-    fields: Sequence[str]
+    fields: tuple[str, ...]
     channel: str = "lookup"  # lookup | search | bulk | feed
 
 

@@ -4,6 +4,7 @@ Every record provided is one provision entry written in the same transaction as 
 before the answer leaves the center. Only the purpose's fields are provided."""
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -91,15 +92,48 @@ def resolve(regs_by_code: dict[str, list[Registration]], tx: ProvisionTx, code: 
     return record, chain
 
 
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    """One agency call asking for one resident by code."""
+
+    agency: Agency
+    purpose: Purpose
+    code: str
+    call: CallInfo
+    now: dt.datetime
+
+
+def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided | NotFoundError]:
+    """Many callers' lookups in one transaction (concurrent calls share it): one result per request, in
+    order. A code that is not found is that request's NotFoundError and writes nothing (the guard logs the
+    refusal); each found one is one provision entry and one access entry of its own call."""
+    regs = tx.registrations_of({r.code for r in requests})
+    results: list[Provided | NotFoundError] = []
+    provisions: list[ProvisionEntry] = []
+    accesses: list[AccessEntry] = []
+    for r in requests:
+        try:
+            record, chain = resolve(regs, tx, r.code)
+        except NotFoundError as error:
+            results.append(error)
+            continue
+        history = tx.events_of(chain) if "history" in r.purpose.fields else []
+        results.append(Provided(record, r.purpose.fields, history))
+        provisions.append(_provision(r.now, r.call, r.agency, r.purpose, record.resident_code, "lookup"))
+        accesses.append(_access(r.call, r.now, r.purpose, [r.code, record.resident_code], "OK"))
+    tx.append_provisions(provisions)
+    tx.append_access(accesses)
+    return results
+
+
 def lookup(
     tx: ProvisionTx, *, agency: Agency, purpose: Purpose, code: str, call: CallInfo, now: dt.datetime
 ) -> Provided:
     """One resident by code. Raises NotFoundError (the guard logs the refusal; nothing is written then)."""
-    record, chain = resolve(tx.registrations_of([code]), tx, code)
-    provided = Provided(record, purpose.fields, tx.events_of(chain) if "history" in purpose.fields else [])
-    tx.append_provisions([_provision(now, call, agency, purpose, record.resident_code, "lookup")])
-    tx.append_access([_access(call, now, purpose, [code, record.resident_code], "OK")])
-    return provided
+    (result,) = lookups(tx, [LookupRequest(agency, purpose, code, call, now)])
+    if isinstance(result, NotFoundError):
+        raise result
+    return result
 
 
 def bulk_lookup(
@@ -114,36 +148,40 @@ def bulk_lookup(
     """Many codes (already checked at the edge: bad ones arrive as InvalidField); one result per code."""
     valid = [c for c in codes if isinstance(c, str)]
     regs = tx.registrations_of(valid)
-    results: list[BulkItem] = []
-    found: list[tuple[str, CurrentRecord, list[str]]] = []
+    resolved: list[BulkItem | tuple[str, CurrentRecord, list[str]]] = []
     for code in codes:
         if isinstance(code, InvalidField):
-            results.append(BulkItem("", None, code))
+            resolved.append(BulkItem("", None, code))
             continue
         try:
             record, chain = resolve(regs, tx, code)
         except NotFoundError as error:
-            results.append(BulkItem(code, None, error))
+            resolved.append(BulkItem(code, None, error))
             continue
-        found.append((code, record, chain))
-        results.append(BulkItem(code, None, None))
+        resolved.append((code, record, chain))
+    with_history = "history" in purpose.fields
     history: dict[str, list[ChangeEvent]] = {}
-    if "history" in purpose.fields and found:
-        for event in tx.events_of({c for _, _, chain in found for c in chain}):
+    if with_history:
+        chains = {c for entry in resolved if isinstance(entry, tuple) for c in entry[2]}
+        for event in tx.events_of(chains):
             history.setdefault(event.resident_code, []).append(event)
-    answers = iter(found)
-    for index, item in enumerate(results):
-        if item.error is None:
-            code, record, chain = next(answers)
-            events = sorted(
-                (e for c in chain for e in history.get(c, [])), key=lambda e: (e.recorded_at, e.origin, e.seq)
-            )
-            results[index] = BulkItem(code, Provided(record, purpose.fields, events), None)
-    tx.append_provisions(
-        [_provision(now, call, agency, purpose, r.provided.record.resident_code, "bulk") for r in results if r.provided]
-    )
+    results: list[BulkItem] = []
+    provisions: list[ProvisionEntry] = []
+    for entry in resolved:
+        if isinstance(entry, BulkItem):
+            results.append(entry)
+            continue
+        code, record, chain = entry
+        events = _events_of_chain(chain, history) if with_history else []
+        results.append(BulkItem(code, Provided(record, purpose.fields, events), None))
+        provisions.append(_provision(now, call, agency, purpose, record.resident_code, "bulk"))
+    tx.append_provisions(provisions)
     tx.append_access([_access(call, now, purpose, valid, "OK")])
     return results
+
+
+def _events_of_chain(chain: Sequence[str], history: dict[str, list[ChangeEvent]]) -> list[ChangeEvent]:
+    return sorted((e for c in chain for e in history.get(c, [])), key=lambda e: (e.recorded_at, e.origin, e.seq))
 
 
 def parse_search(name: str, birth_date: str, sex: int, address: str) -> SearchKeys:
@@ -246,7 +284,13 @@ def _micros(now: dt.datetime) -> int:
 def _provision(
     now: dt.datetime, call: CallInfo, agency: Agency, purpose: Purpose, code: str, channel: str
 ) -> ProvisionEntry:
-    return ProvisionEntry(now, call.request_id, agency.id, purpose.id, code, tuple(sorted(purpose.fields)), channel)
+    return ProvisionEntry(now, call.request_id, agency.id, purpose.id, code, sorted_fields(purpose.fields), channel)
+
+
+@functools.lru_cache(maxsize=256)
+def sorted_fields(fields: frozenset[str]) -> tuple[str, ...]:
+    """A purpose's fields in a stable order (one tuple per purpose, shared by all its provisions)."""
+    return tuple(sorted(fields))
 
 
 def _access(call: CallInfo, now: dt.datetime, purpose: Purpose, codes: Iterable[str], outcome: str) -> AccessEntry:

@@ -1,5 +1,6 @@
 """The SQL implementation of the relay and intake ports, on one open Connection (one transaction)."""
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import Any
@@ -66,11 +67,33 @@ class SqlTx:
 
     # Hot paths use the driver's executemany with plain tuples: SQLAlchemy Core's per-row parameter
     # processing costs about twice the insert itself here (see STACK-LIMITS.md and bench/relay.py).
+    # Inside a transaction they go straight to a DB-API cursor: exec_driver_sql costs about ten times a
+    # one-row statement's own work (its result and event machinery), which agency lookups pay per call.
     def _executemany(self, sql: str, values: list[tuple[object, ...]]) -> None:
-        if values:
-            if self._placeholder != "?":
-                sql = sql.replace("?", self._placeholder)
+        if not values:
+            return
+        if self._placeholder != "?":
+            sql = sql.replace("?", self._placeholder)
+        if not self.conn.in_transaction():
             self.conn.exec_driver_sql(sql, values)  # a list of tuples: the driver's executemany
+            return
+        cursor = self.conn.connection.cursor()
+        try:
+            cursor.executemany(sql, values)
+        finally:
+            cursor.close()
+
+    def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        if self._placeholder != "?":
+            sql = sql.replace("?", self._placeholder)
+        if not self.conn.in_transaction():
+            return [tuple(row) for row in self.conn.exec_driver_sql(sql, params)]
+        cursor = self.conn.connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None:
         ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(events)
@@ -80,17 +103,8 @@ class SqlTx:
         self._executemany(_UPSERT_REGISTRATION, [rows.registration_tuple(r) for r in registrations])
 
     def _access_head(self) -> bytes:
-        if self.conn.in_transaction():  # a plain DB-API cursor: a tenth of exec_driver_sql's cost here
-            cursor = self.conn.connection.cursor()
-            try:
-                cursor.execute(_ACCESS_HEAD)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-            value = row[0] if row else None
-        else:
-            value = self.conn.exec_driver_sql(_ACCESS_HEAD).scalar()
-        return GENESIS if value is None else bytes(value)
+        found = self._fetchall(_ACCESS_HEAD, ())
+        return GENESIS if not found or found[0][0] is None else bytes(found[0][0])
 
     def append_access(self, entries: Sequence[AccessEntry]) -> None:
         """Appends hash-chained entries (jukinet.audit.chain) after the current head."""
@@ -114,21 +128,19 @@ class SqlTx:
         self._executemany(_INSERT_ACCESS, values)
 
     def append_provisions(self, entries: Sequence[ProvisionEntry]) -> None:
-        self._executemany(
-            _INSERT_PROVISION,
-            [
-                (
-                    rows.to_us(e.at),
-                    e.request_id[:128],
-                    e.agency,
-                    e.purpose,
-                    e.resident_code,
-                    " ".join(e.fields),
-                    e.channel,
-                )
-                for e in entries
-            ],
-        )
+        # A bulk message's entries share their instant and field list: convert each distinct one once.
+        micros: dict[dt.datetime, int] = {}
+        joined: dict[tuple[str, ...], str] = {}
+        values: list[tuple[object, ...]] = []
+        for e in entries:
+            at = micros.get(e.at)
+            if at is None:
+                at = micros[e.at] = rows.to_us(e.at)
+            fields = joined.get(e.fields)
+            if fields is None:
+                fields = joined[e.fields] = " ".join(e.fields)
+            values.append((at, e.request_id[:128], e.agency, e.purpose, e.resident_code, fields, e.channel))
+        self._executemany(_INSERT_PROVISION, values)
 
     def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
         found = []
@@ -156,8 +168,8 @@ class SqlTx:
         """Every municipality's registration of each code (the agency hot path: driver-level query)."""
         found: dict[str, list[Registration]] = {}
         for chunk in _chunks(codes):
-            sql = _SELECT_REGISTRATIONS + ", ".join(self._placeholder for _ in chunk) + ")"
-            for values in self.conn.exec_driver_sql(sql, tuple(chunk)):
+            sql = _SELECT_REGISTRATIONS + ", ".join("?" for _ in chunk) + ")"
+            for values in self._fetchall(sql, tuple(chunk)):
                 reg = rows.registration_from_tuple(values)
                 found.setdefault(reg.resident_code, []).append(reg)
         return found

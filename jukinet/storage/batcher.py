@@ -1,0 +1,90 @@
+"""Concurrent one-item writes that share one store job (agency lookups: many small calls at once).
+
+Each caller submits one item and waits for its own answer. The first item queues a job on the store's
+writer; every item submitted before that job starts joins it. The job runs all of them with one set of
+statements (one SELECT for all codes, one multi-row INSERT per log) and answers each caller after the
+commit. Nobody waits for a timer: under light load a job holds one item, under heavy load many.
+
+The batch function returns one result per item, in order: a value, or the exception for that item alone.
+If the batch itself fails (a database error, the commit), every item of it gets that error.
+"""
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy import Connection
+
+from jukinet.storage.store import Store
+
+I = TypeVar("I")  # noqa: E741 - the item type
+O = TypeVar("O")  # noqa: E741 - the result type
+
+BatchFn = Callable[[Connection, Sequence[I]], Sequence[O | Exception]]
+
+
+class WriteBatcher(Generic[I, O]):
+    def __init__(self, store: Store, run: "BatchFn[I, O]", *, max_items: int = 512) -> None:
+        self._store = store
+        self._run = run
+        self._max_items = max_items
+        self._lock = threading.Lock()  # the event loop appends, the writer thread takes
+        self._pending: list[tuple[I, asyncio.Future[O]]] = []
+        self._queued = 0  # jobs queued on the store that have not taken their items yet
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: I) -> O:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[O] = loop.create_future()
+        with self._lock:
+            self._pending.append((item, future))
+            start = self._queued == 0
+            if start:
+                self._queued += 1
+        if start:
+            # A task of its own: the job's answers reach every caller even if this one is cancelled.
+            flush = loop.create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        return await future
+
+    def _take(self) -> list[tuple[I, "asyncio.Future[O]"]]:
+        with self._lock:
+            taken, self._pending = self._pending[: self._max_items], self._pending[self._max_items :]
+            self._queued -= 1
+            if self._pending:  # more than one job's worth: they need a job of their own
+                self._queued += 1
+                more = True
+            else:
+                more = False
+        if more:
+            taken[0][1].get_loop().call_soon_threadsafe(self._schedule_flush, taken[0][1].get_loop())
+        return taken
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        flush = loop.create_task(self._flush())
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        taken: list[tuple[I, asyncio.Future[O]]] = []
+
+        def job(conn: Connection) -> Sequence[O | Exception]:
+            taken.extend(self._take())
+            return self._run(conn, [item for item, _ in taken])
+
+        try:
+            results = await self._store.write(job)
+        except Exception as error:
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(taken, results, strict=True):
+            if future.done():  # the caller gave up (deadline, cancellation)
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
