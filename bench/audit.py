@@ -87,7 +87,7 @@ def run_bench_node(mode: str, config_path: Path, every: int, interval_s: float) 
     if mode == "plain":
 
         def plain_append_access(self: SqlTx, entries: Sequence[AccessEntry]) -> None:
-            self._executemany(
+            self._append(
                 _INSERT_ACCESS,
                 [
                     (
@@ -217,7 +217,7 @@ def measure_append(work: Path, calls: int = 2000) -> dict[str, float]:
     from jukinet.storage.sql_tx import _INSERT_ACCESS
 
     def plain(tx: SqlTx, entries: list[AccessEntry]) -> None:
-        tx._executemany(
+        tx._append(
             _INSERT_ACCESS,
             [
                 (rows.to_us(e.at), e.request_id, e.direction, e.peer, e.method, e.purpose, " ".join(e.subjects),

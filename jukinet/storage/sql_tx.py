@@ -22,8 +22,36 @@ def _insert_sql(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
 
 
-_INSERT_EVENT = _insert_sql("event", rows.EVENT_COLUMNS)
-_INSERT_ACCESS = _insert_sql(
+_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound variables per statement (PostgreSQL allows 65,535)
+_MAX_ROWS = 1_000
+
+
+class _Append:
+    """A plain append as multi-row INSERTs: one statement per up to _MAX_ROWS rows.
+
+    The sqlite3 driver releases and retakes the GIL around every statement step, so an executemany of N
+    rows is N hand-offs; while the event loop thread is busy each retake can wait for it. One multi-row
+    statement is one step. (Upserts stay executemany: PostgreSQL refuses one statement that updates the
+    same row twice.)"""
+
+    def __init__(self, table: str, columns: Sequence[str]) -> None:
+        self.width = len(columns)
+        self.rows_per_statement = max(1, min(_MAX_ROWS, _MAX_PARAMS // self.width))
+        self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constant names
+        self._row = "(" + ", ".join("?" for _ in columns) + ")"
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        found = self._sql.get(rows)
+        if found is None:
+            found = self._head + ", ".join(self._row for _ in range(rows))
+            if len(self._sql) < 64:
+                self._sql[rows] = found
+        return found
+
+
+_INSERT_EVENT = _Append("event", rows.EVENT_COLUMNS)
+_INSERT_ACCESS = _Append(
     "access_log",
     ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome", "prev_hash", "entry_hash"),
 )
@@ -31,10 +59,10 @@ _INSERT_ACCESS = _insert_sql(
 # sees the group commit's earlier jobs and never a row of a SAVEPOINT that was rolled back.
 _ACCESS_HEAD = "SELECT entry_hash FROM access_log ORDER BY id DESC LIMIT 1"
 _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
-_INSERT_PROVISION = _insert_sql(
+_INSERT_PROVISION = _Append(
     "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields", "channel")
 )
-_INSERT_CODE = {t: _insert_sql(t, ("resident_code", "block_id")) for t in ("issued_code", "free_code")}
+_INSERT_CODE = {t: _Append(t, ("resident_code", "block_id")) for t in ("issued_code", "free_code")}
 _UPSERT_REGISTRATION = _insert_sql("registration", rows.REGISTRATION_COLUMNS) + (
     " ON CONFLICT (resident_code, municipality) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in rows.REGISTRATION_COLUMNS[2:])
@@ -83,6 +111,24 @@ class SqlTx:
         finally:
             cursor.close()
 
+    def _append(self, target: _Append, values: Sequence[tuple[object, ...]]) -> None:
+        per = target.rows_per_statement
+        for start in range(0, len(values), per):
+            chunk = values[start : start + per]
+            self._execute(target.sql(len(chunk)), tuple(v for row in chunk for v in row))
+
+    def _execute(self, sql: str, params: tuple[object, ...]) -> None:
+        if self._placeholder != "?":
+            sql = sql.replace("?", self._placeholder)
+        if not self.conn.in_transaction():
+            self.conn.exec_driver_sql(sql, params)
+            return
+        cursor = self.conn.connection.cursor()
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.close()
+
     def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         if self._placeholder != "?":
             sql = sql.replace("?", self._placeholder)
@@ -97,7 +143,7 @@ class SqlTx:
 
     def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None:
         ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(events)
-        self._executemany(_INSERT_EVENT, [rows.event_tuple(e, r) for e, r in zip(events, ids, strict=True)])
+        self._append(_INSERT_EVENT, [rows.event_tuple(e, r) for e, r in zip(events, ids, strict=True)])
 
     def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
         self._executemany(_UPSERT_REGISTRATION, [rows.registration_tuple(r) for r in registrations])
@@ -125,7 +171,7 @@ class SqlTx:
             )
             prev, head = head, chain_append(head, stored)
             values.append((*stored, prev, head))
-        self._executemany(_INSERT_ACCESS, values)
+        self._append(_INSERT_ACCESS, values)
 
     def append_provisions(self, entries: Sequence[ProvisionEntry]) -> None:
         # A bulk message's entries share their instant and field list: convert each distinct one once.
@@ -140,7 +186,7 @@ class SqlTx:
             if fields is None:
                 fields = joined[e.fields] = " ".join(e.fields)
             values.append((at, e.request_id[:128], e.agency, e.purpose, e.resident_code, fields, e.channel))
-        self._executemany(_INSERT_PROVISION, values)
+        self._append(_INSERT_PROVISION, values)
 
     def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
         found = []
@@ -152,7 +198,7 @@ class SqlTx:
 
     def insert_code_rows(self, table: str, codes: Sequence[str], block_id: str) -> None:
         """Adds up to 100,000 (code, block) rows to issued_code (center) or free_code (municipality)."""
-        self._executemany(_INSERT_CODE[table], [(code, block_id) for code in codes])
+        self._append(_INSERT_CODE[table], [(code, block_id) for code in codes])
 
     def registrations_at(self, codes: Iterable[str], municipality: str) -> dict[str, Registration]:
         found: dict[str, Registration] = {}
