@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,33 @@ async def test_refusals_are_answered_and_logged(
     assert (latest.peer, latest.outcome, latest.purpose) == (who, status.name, purpose)
     provided = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
     assert provided == []
+
+
+async def test_concurrent_lookups_each_get_their_own_answer_and_log_entry(center: Center) -> None:
+    """Concurrent calls share store jobs (WriteBatcher): each caller still gets its own record or its own
+    NOT_FOUND, and each found one leaves exactly one provision entry and one access entry of its call."""
+    unknown = resident_code_from_body("9999999999")
+    wanted = [ALICE_NEW, unknown, BOB, ALICE] * 10
+    async with channel(center.pki, "jukinet://agency/pension", center.node.address) as ch:
+        stub = provision_pb2_grpc.ProvisionServiceStub(ch)
+
+        async def one(index: int, code: str) -> str:
+            try:
+                reply = await stub.LookupResident(
+                    provision_pb2.LookupResidentRequest(purpose="pension-proof-of-life", resident_code=code),
+                    metadata=[("x-request-id", f"call-{index}")],
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
+            return reply.record.resident_code
+
+        answers = await asyncio.gather(*(one(i, code) for i, code in enumerate(wanted)))
+    expected = {ALICE_NEW: ALICE_NEW, unknown: "NOT_FOUND", BOB: BOB, ALICE: ALICE_NEW}
+    assert answers == [expected[code] for code in wanted]
+    rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    found = {f"call-{i}": expected[code] for i, code in enumerate(wanted) if code != unknown}
+    assert sorted((r.request_id, r.resident_code) for r in rows) == sorted(found.items())
+    log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=100))
+    outcomes = {entry.request_id: entry.outcome for _, entry in log if entry.request_id.startswith("call-")}
+    assert outcomes == {f"call-{i}": "OK" if code != unknown else "NOT_FOUND" for i, code in enumerate(wanted)}

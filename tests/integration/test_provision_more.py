@@ -217,3 +217,30 @@ async def test_quota_exceeded_is_resource_exhausted_with_a_retry_hint(
             assert "items left today" in (caught.value.details() or "")
     finally:
         await node.stop()
+
+
+async def test_a_bulk_refusal_mid_stream_comes_after_the_answers_before_it(center: Center) -> None:
+    """Messages are looked up ahead of the answer being sent; a refused message still ends the stream
+    only after every earlier message's answer, and nothing after it is looked up or logged."""
+    await center.register(_code(1))
+    await center.register(_code(3))
+    requests = [
+        provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)]),
+        provision_pb2.LookupResidentsRequest(resident_codes=[_code(3)]),
+        provision_pb2.LookupResidentsRequest(purpose="passport-issue", resident_codes=[_code(1)]),
+        provision_pb2.LookupResidentsRequest(resident_codes=[_code(3)]),
+    ]
+    ch, stub = center.stub()
+    received: list[str] = []
+
+    async def read_all() -> None:
+        async for response in stub.LookupResidents(iter(requests)):
+            received.extend(r.record.resident_code for r in response.results)
+
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await read_all()
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "purpose" in (caught.value.details() or "")
+    assert received == [_code(1), _code(3)]
+    assert await center.provisions() == [(_code(1), "bulk", PURPOSE), (_code(3), "bulk", PURPOSE)]

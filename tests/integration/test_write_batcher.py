@@ -1,0 +1,108 @@
+"""WriteBatcher on a real store (SQLite and PostgreSQL): items submitted together share one job, each
+caller gets its own result or its own error, and a failed job fails only its own items."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from sqlalchemy import Connection, text
+
+from jukinet.storage import Store
+from jukinet.storage.batcher import WriteBatcher
+
+
+class Odd(Exception):
+    pass
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = Store(database_url)
+    await store.write(lambda c: c.exec_driver_sql("CREATE TABLE IF NOT EXISTS item (n INTEGER PRIMARY KEY)"))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _hold_writer(store: Store) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Occupies the writer thread until the returned event is set."""
+    release = threading.Event()
+    held = asyncio.ensure_future(store.write(lambda c: release.wait(10)))
+    return release, held  # type: ignore[return-value]
+
+
+async def test_items_submitted_together_share_one_job_and_get_their_own_results(store: Store) -> None:
+    jobs: list[list[int]] = []
+
+    def run(conn: Connection, items: Sequence[int]) -> list[int | Exception]:
+        jobs.append(list(items))
+        conn.execute(text("INSERT INTO item (n) VALUES (:n)"), [{"n": n} for n in items])
+        return [Odd(f"{n} is odd") if n % 2 else n * 10 for n in items]
+
+    batcher: WriteBatcher[int, int] = WriteBatcher(store, run)
+    release, held = _hold_writer(store)
+    calls = [asyncio.ensure_future(batcher.submit(n)) for n in range(8)]
+    await asyncio.sleep(0.05)  # every submit is queued behind the held writer
+    release.set()
+    await held
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert jobs == [list(range(8))]
+    assert [r if isinstance(r, int) else str(r) for r in results] == [
+        0, "1 is odd", 20, "3 is odd", 40, "5 is odd", 60, "7 is odd"
+    ]  # fmt: skip
+    stored = await store.read(lambda c: sorted(c.execute(text("SELECT n FROM item")).scalars()))
+    assert stored == list(range(8))
+
+
+async def test_a_failing_job_fails_its_own_items_only_and_the_next_job_runs(store: Store) -> None:
+    def run(conn: Connection, items: Sequence[int]) -> list[int | Exception]:
+        conn.execute(text("INSERT INTO item (n) VALUES (:n)"), [{"n": n} for n in items])
+        if 13 in items:
+            raise RuntimeError("the database refused the batch")
+        return list(items)
+
+    batcher: WriteBatcher[int, int] = WriteBatcher(store, run)
+    release, held = _hold_writer(store)
+    doomed = [asyncio.ensure_future(batcher.submit(n)) for n in (12, 13)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await held
+    outcomes = await asyncio.gather(*doomed, return_exceptions=True)
+    assert [str(o) for o in outcomes] == ["the database refused the batch"] * 2
+    assert await batcher.submit(14) == 14
+    stored = await store.read(lambda c: sorted(c.execute(text("SELECT n FROM item")).scalars()))
+    assert stored == [14]  # the failed job's inserts were rolled back with it
+
+
+async def test_a_cancelled_caller_does_not_stop_the_others(store: Store) -> None:
+    batcher: WriteBatcher[int, int] = WriteBatcher(store, lambda conn, items: [n + 1 for n in items])
+    release, held = _hold_writer(store)
+    first = asyncio.ensure_future(batcher.submit(1))  # this caller's task queued the job
+    second = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    release.set()
+    await held
+    assert await second == 3
+    assert first.cancelled()
+
+
+async def test_more_items_than_one_job_holds_are_split_across_jobs(store: Store) -> None:
+    sizes: list[int] = []
+
+    def run(conn: Connection, items: Sequence[int]) -> list[int | Exception]:
+        sizes.append(len(items))
+        return list(items)
+
+    batcher: WriteBatcher[int, int] = WriteBatcher(store, run, max_items=4)
+    release, held = _hold_writer(store)
+    calls = [asyncio.ensure_future(batcher.submit(n)) for n in range(10)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await held
+    assert await asyncio.gather(*calls) == list(range(10))
+    assert sizes == [4, 4, 2]
