@@ -35,8 +35,7 @@ def _already_issued(conn: Connection, candidates: Sequence[str]) -> set[str]:
     found: set[str] = set()
     iterator = iter(candidates)
     while chunk := list(islice(iterator, 5000)):
-        query = select(issued_code.c.resident_code).where(issued_code.c.resident_code.in_(chunk))
-        found.update(conn.execute(query).scalars())
+        found.update(SqlTx(conn).issued_among(chunk))
     return found
 
 

@@ -66,31 +66,49 @@ def timestamp(instant: dt.datetime) -> Timestamp:
 
 
 def event_to_pb(event: ChangeEvent) -> types_pb2.ChangeEvent:
-    return types_pb2.ChangeEvent(
+    """Filled in place: building the nested messages first and passing them in copies each one (about
+    twice the cost, on the relay's per-event path)."""
+    pb = types_pb2.ChangeEvent(
         seq=event.seq,
         resident_code=event.resident_code,
         previous_code=event.previous_code,
         reason=int(event.reason),  # type: ignore[arg-type]
         effective_date=event.effective_date.isoformat(),
-        recorded_time=timestamp(event.recorded_at),
-        items=items_to_pb(event.items),
     )
+    micros = (event.recorded_at - _EPOCH) // _MICROSECOND
+    recorded = pb.recorded_time
+    recorded.seconds = micros // 1_000_000
+    recorded.nanos = (micros % 1_000_000) * 1000
+    items = event.items
+    out = pb.items
+    out.name = items.name
+    out.alias = items.alias
+    out.birth_date = items.birth_date.isoformat()
+    out.sex = int(items.sex)  # type: ignore[assignment]
+    out.address = items.address
+    return pb
 
 
 def event_row_to_pb(row: Any) -> types_pb2.ChangeEvent:
-    """An `event` table row straight to protobuf (the relay sender's hot path)."""
-    micros = row.recorded_us
-    return types_pb2.ChangeEvent(
+    """An `event` table row straight to protobuf (the relay sender's hot path), filled in place."""
+    pb = types_pb2.ChangeEvent(
         seq=row.seq,
         resident_code=row.resident_code,
         previous_code=row.previous_code,
         reason=row.reason,
         effective_date=row.effective_date,
-        recorded_time=Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000),
-        items=types_pb2.IdentityItems(
-            name=row.name, alias=row.alias, birth_date=row.birth_date, sex=row.sex, address=row.address
-        ),
     )
+    micros = row.recorded_us
+    recorded = pb.recorded_time
+    recorded.seconds = micros // 1_000_000
+    recorded.nanos = (micros % 1_000_000) * 1000
+    out = pb.items
+    out.name = row.name
+    out.alias = row.alias
+    out.birth_date = row.birth_date
+    out.sex = row.sex
+    out.address = row.address
+    return pb
 
 
 _EARLIEST_RECORDING = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)

@@ -104,3 +104,20 @@ def registration_from_tuple(values: Any) -> Registration:
         seq=seq,
         replaced_by=replaced_by,
     )
+
+
+def event_from_tuple(values: Any) -> ChangeEvent:
+    """An event from a driver row in EVENT_COLUMNS order (the request id, last, is not part of it)."""
+    origin, seq, code, previous, reason, effective, recorded_us, name, alias, birth, sex, address, _ = values
+    return ChangeEvent(
+        origin=origin,
+        seq=seq,
+        resident_code=code,
+        previous_code=previous,
+        reason=_REASON[reason],
+        effective_date=dt.date.fromisoformat(effective),
+        recorded_at=from_us(recorded_us),
+        items=IdentityItems(
+            name=name, alias=alias, birth_date=dt.date.fromisoformat(birth), sex=_SEX[sex], address=address
+        ),
+    )

@@ -5,14 +5,14 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, select
+from sqlalchemy import Connection, Row, func, select
 
 from jukinet.audit import GENESIS, EntryValues
 from jukinet.audit import append as chain_append
 from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.storage import rows
-from jukinet.storage.schema import event, free_code, registration
+from jukinet.storage.schema import event, free_code
 
 _IN_CHUNK = 500  # bound parameter lists (SQLite allows 32,766 variables; keep statements small)
 
@@ -59,6 +59,9 @@ _INSERT_ACCESS = _Append(
 # sees the group commit's earlier jobs and never a row of a SAVEPOINT that was rolled back.
 _ACCESS_HEAD = "SELECT entry_hash FROM access_log ORDER BY id DESC LIMIT 1"
 _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
+_SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
+_SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
+_DELETE_FREE_CODES = "DELETE FROM free_code WHERE resident_code IN ("
 _INSERT_PROVISION = _Append(
     "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields", "channel")
 )
@@ -74,6 +77,10 @@ def _text(value: str, limit: int) -> str:
     cannot store it, and a refused call must still leave its entry)."""
     value = value[:limit]
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
 
 
 def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
@@ -203,18 +210,16 @@ class SqlTx:
     def registrations_at(self, codes: Iterable[str], municipality: str) -> dict[str, Registration]:
         found: dict[str, Registration] = {}
         for chunk in _chunks(codes):
-            query = select(registration).where(
-                registration.c.municipality == municipality, registration.c.resident_code.in_(chunk)
-            )
-            for row in self.conn.execute(query):
-                found[row.resident_code] = rows.registration_from(row)
+            sql = _SELECT_REGISTRATIONS + _marks(len(chunk)) + ") AND municipality = ?"
+            for values in self._fetchall(sql, (*chunk, municipality)):
+                found[values[0]] = rows.registration_from_tuple(values)
         return found
 
     def registrations_of(self, codes: Iterable[str]) -> dict[str, list[Registration]]:
         """Every municipality's registration of each code (the agency hot path: driver-level query)."""
         found: dict[str, list[Registration]] = {}
         for chunk in _chunks(codes):
-            sql = _SELECT_REGISTRATIONS + ", ".join("?" for _ in chunk) + ")"
+            sql = _SELECT_REGISTRATIONS + _marks(len(chunk)) + ")"
             for values in self._fetchall(sql, tuple(chunk)):
                 reg = rows.registration_from_tuple(values)
                 found.setdefault(reg.resident_code, []).append(reg)
@@ -223,8 +228,15 @@ class SqlTx:
     def events_by_request_id(self, request_ids: Iterable[str]) -> dict[str, ChangeEvent]:
         found: dict[str, ChangeEvent] = {}
         for chunk in _chunks(request_ids):
-            for row in self.conn.execute(select(event).where(event.c.request_id.in_(chunk))):
-                found[row.request_id] = rows.event_from(row)
+            for values in self._fetchall(_SELECT_EVENTS_BY_REQUEST + _marks(len(chunk)) + ")", tuple(chunk)):
+                found[values[-1]] = rows.event_from_tuple(values)
+        return found
+
+    def issued_among(self, codes: Sequence[str]) -> set[str]:
+        """Which of `codes` the center has ever issued."""
+        found: set[str] = set()
+        for chunk in _chunks(codes):
+            found.update(row[0] for row in self._fetchall(_SELECT_ISSUED + _marks(len(chunk)) + ")", tuple(chunk)))
         return found
 
     def peek_free_codes(self, limit: int) -> list[str]:
@@ -235,7 +247,7 @@ class SqlTx:
 
     def remove_free_codes(self, codes: Sequence[str]) -> None:
         for chunk in _chunks(codes):
-            self.conn.execute(delete(free_code).where(free_code.c.resident_code.in_(chunk)))
+            self._execute(_DELETE_FREE_CODES + _marks(len(chunk)) + ")", tuple(chunk))
 
     def event_rows_after(self, origin: str, after_seq: int, limit: int) -> list[Row[Any]]:
         """Raw rows for the relay sender, which turns them into protobuf without a domain round trip."""
