@@ -70,6 +70,7 @@ from jukinet.pki import (
     slug,
 )
 from jukinet.storage import make_engine
+from jukinet.storage.engine import SQLITE_PRAGMAS
 from jukinet.synthetic import ResidentFactory
 from jukinet.wire.v1 import register_pb2, register_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
 
@@ -90,14 +91,8 @@ CODEPOOL_CONFIG = "\n[codepool]\nrefill_below = 150000\nblock_size = 100000\n"  
 POOL_EXHAUSTED = "CODE_POOL_EXHAUSTED"
 SCRIPT = Path(__file__).resolve()
 
-# The nodes' SQLite settings (jukinet.storage.engine), applied to the ceiling server's connection.
-NODE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
-    "PRAGMA busy_timeout=10000",
-    "PRAGMA cache_size=-131072",
-    "PRAGMA wal_autocheckpoint=10000",
-)
+# The nodes' SQLite settings, applied to the ceiling server's connection too.
+NODE_PRAGMAS = SQLITE_PRAGMAS
 INSERT_EVENT = (
     "INSERT INTO event (origin, seq, resident_code, previous_code, reason, effective_date, recorded_us,"
     " name, alias, birth_date, sex, address, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"

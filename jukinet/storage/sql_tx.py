@@ -1,7 +1,8 @@
 """The SQL implementation of the relay and intake ports, on one open Connection (one transaction)."""
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from typing import Any
 
@@ -107,16 +108,11 @@ class SqlTx:
     def _executemany(self, sql: str, values: list[tuple[object, ...]]) -> None:
         if not values:
             return
-        if self._placeholder != "?":
-            sql = sql.replace("?", self._placeholder)
         if not self.conn.in_transaction():
-            self.conn.exec_driver_sql(sql, values)  # a list of tuples: the driver's executemany
+            self.conn.exec_driver_sql(self._driver_sql(sql), values)  # a list of tuples: the driver's executemany
             return
-        cursor = self.conn.connection.cursor()
-        try:
-            cursor.executemany(sql, values)
-        finally:
-            cursor.close()
+        with self._cursor() as cursor:
+            cursor.executemany(self._driver_sql(sql), values)
 
     def _append(self, target: _Append, values: Sequence[tuple[object, ...]]) -> None:
         per = target.rows_per_statement
@@ -125,26 +121,27 @@ class SqlTx:
             self._execute(target.sql(len(chunk)), tuple(v for row in chunk for v in row))
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> None:
-        if self._placeholder != "?":
-            sql = sql.replace("?", self._placeholder)
         if not self.conn.in_transaction():
-            self.conn.exec_driver_sql(sql, params)
+            self.conn.exec_driver_sql(self._driver_sql(sql), params)
             return
-        cursor = self.conn.connection.cursor()
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.close()
+        with self._cursor() as cursor:
+            cursor.execute(self._driver_sql(sql), params)
 
     def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        if self._placeholder != "?":
-            sql = sql.replace("?", self._placeholder)
         if not self.conn.in_transaction():
-            return [tuple(row) for row in self.conn.exec_driver_sql(sql, params)]
+            return [tuple(row) for row in self.conn.exec_driver_sql(self._driver_sql(sql), params)]
+        with self._cursor() as cursor:
+            cursor.execute(self._driver_sql(sql), params)
+            return list(cursor.fetchall())
+
+    def _driver_sql(self, sql: str) -> str:
+        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
         cursor = self.conn.connection.cursor()
         try:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
+            yield cursor
         finally:
             cursor.close()
 
