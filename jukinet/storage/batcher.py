@@ -1,9 +1,11 @@
 """Concurrent one-item writes that share one store job (agency lookups: many small calls at once).
 
 Each caller submits one item and waits for its own answer. The first item queues a job on the store's
-writer; every item submitted before that job starts joins it. The job runs all of them with one set of
-statements (one SELECT for all codes, one multi-row INSERT per log) and answers each caller after the
-commit. Nobody waits for a timer: under light load a job holds one item, under heavy load many.
+writer; every item submitted before that job starts joins it, and so does every item submitted while it
+runs (up to max_items): the job takes what is waiting, runs it with one set of statements (one SELECT for
+all codes, one multi-row INSERT per log), takes again, and commits once nothing is left. Each caller is
+answered after that commit. Nobody waits for a timer: under light load a job holds one item, under heavy
+load many, and the commits (with their fsync) are shared.
 
 The batch function returns one result per item, in order: a value, or the exception for that item alone.
 If the batch itself fails (a database error, the commit), every item of it gets that error.
@@ -49,18 +51,26 @@ class WriteBatcher(Generic[I, O]):
             flush.add_done_callback(self._flushes.discard)
         return await future
 
-    def _take(self) -> list[tuple[I, "asyncio.Future[O]"]]:
+    def _take(self, room: int) -> tuple[list[tuple[I, "asyncio.Future[O]"]], bool]:
+        """Up to `room` pending items for the running job, and whether the job gave up its slot: it does
+        when none are left, or when it is full (then a new job is scheduled for what still waits)."""
         with self._lock:
-            taken, self._pending = self._pending[: self._max_items], self._pending[self._max_items :]
+            taken, self._pending = self._pending[:room], self._pending[room:]
+            done = not taken or room <= len(taken)
+        if done:
+            self._release()
+        return taken, done
+
+    def _release(self) -> None:
+        """The running job's slot is free; items still waiting get a job of their own."""
+        with self._lock:
             self._queued -= 1
-            if self._pending:  # more than one job's worth: they need a job of their own
+            more = bool(self._pending)
+            if more:
                 self._queued += 1
-                more = True
-            else:
-                more = False
+                loop = self._pending[0][1].get_loop()
         if more:
-            taken[0][1].get_loop().call_soon_threadsafe(self._schedule_flush, taken[0][1].get_loop())
-        return taken
+            loop.call_soon_threadsafe(self._schedule_flush, loop)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         flush = loop.create_task(self._flush())
@@ -71,8 +81,19 @@ class WriteBatcher(Generic[I, O]):
         taken: list[tuple[I, asyncio.Future[O]]] = []
 
         def job(conn: Connection) -> Sequence[O | Exception]:
-            taken.extend(self._take())
-            return self._run(conn, [item for item, _ in taken])
+            # Items that arrive while the job runs join it too, up to max_items: one commit for all.
+            results: list[O | Exception] = []
+            released = False
+            try:
+                while not released:
+                    more, released = self._take(self._max_items - len(taken))
+                    taken.extend(more)
+                    if more:
+                        results.extend(self._run(conn, [item for item, _ in more]))
+            finally:
+                if not released:  # the batch failed while the job still held its slot
+                    self._release()
+            return results
 
         try:
             results = await self._store.write(job)

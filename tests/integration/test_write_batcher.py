@@ -106,3 +106,26 @@ async def test_more_items_than_one_job_holds_are_split_across_jobs(store: Store)
     await held
     assert await asyncio.gather(*calls) == list(range(10))
     assert sizes == [4, 4, 2]
+
+
+async def test_items_arriving_while_a_job_runs_join_its_transaction(store: Store) -> None:
+    started, release = threading.Event(), threading.Event()
+    runs: list[tuple[object, list[int]]] = []
+
+    def run(conn: Connection, items: Sequence[int]) -> list[int | Exception]:
+        runs.append((conn.get_transaction(), list(items)))
+        if len(runs) == 1:
+            started.set()
+            release.wait(10)
+        return list(items)
+
+    batcher: WriteBatcher[int, int] = WriteBatcher(store, run)
+    first = asyncio.ensure_future(batcher.submit(0))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    later = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0.05)  # submitted while the job is still running its first item
+    release.set()
+    assert [await first, *await asyncio.gather(*later)] == [0, 1, 2, 3]
+    assert [items for _, items in runs] == [[0], [1, 2, 3]]
+    assert runs[0][0] is runs[1][0]  # one transaction, one commit
