@@ -33,7 +33,7 @@ class WriteBatcher(Generic[I, O]):
         self._max_items = max_items
         self._lock = threading.Lock()  # the event loop appends, the writer thread takes
         self._pending: list[tuple[I, asyncio.Future[O]]] = []
-        self._queued = 0  # jobs queued on the store that have not taken their items yet
+        self._queued = 0  # 1 while a job is queued or still taking items, else 0
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: I) -> O:
@@ -45,10 +45,7 @@ class WriteBatcher(Generic[I, O]):
             if start:
                 self._queued += 1
         if start:
-            # A task of its own: the job's answers reach every caller even if this one is cancelled.
-            flush = loop.create_task(self._flush())
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
+            self._schedule_flush(loop)
         return await future
 
     def _take(self, room: int) -> tuple[list[tuple[I, "asyncio.Future[O]"]], bool]:
@@ -73,6 +70,7 @@ class WriteBatcher(Generic[I, O]):
             loop.call_soon_threadsafe(self._schedule_flush, loop)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A task of its own: the job's answers reach every caller even if the one who started it is cancelled.
         flush = loop.create_task(self._flush())
         self._flushes.add(flush)
         flush.add_done_callback(self._flushes.discard)
