@@ -244,3 +244,33 @@ async def test_a_bulk_refusal_mid_stream_comes_after_the_answers_before_it(cente
     assert "purpose" in (caught.value.details() or "")
     assert received == [_code(1), _code(3)]
     assert await center.provisions() == [(_code(1), "bulk", PURPOSE), (_code(3), "bulk", PURPOSE)]
+
+
+async def test_a_bulk_stream_cancelled_mid_way_leaves_the_center_serving(center: Center) -> None:
+    """The client goes away while later messages are still being looked up ahead: the stream's reader
+    and lookups are wound down, and the next stream is answered normally."""
+    await center.register(_code(1))
+    sent = asyncio.Event()
+
+    async def requests() -> AsyncIterator[provision_pb2.LookupResidentsRequest]:
+        yield provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)])
+        for _ in range(3):
+            yield provision_pb2.LookupResidentsRequest(resident_codes=[_code(1)] * 100)
+        sent.set()
+        await asyncio.sleep(30)  # keeps the stream open until the client cancels it
+
+    ch, stub = center.stub()
+    async with ch:
+        call = stub.LookupResidents(requests())
+        first = await asyncio.wait_for(call.read(), timeout=10)
+        assert isinstance(first, provision_pb2.LookupResidentsResponse)
+        await asyncio.wait_for(sent.wait(), timeout=10)
+        call.cancel()
+        once = provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)])
+        again = stub.LookupResidents(iter([once]))
+        answers = [r async for r in again]
+    assert [r.record.resident_code for r in first.results] == [_code(1)]
+    assert [r.record.resident_code for resp in answers for r in resp.results] == [_code(1)]
+    provided = await center.provisions()
+    assert provided[0] == (_code(1), "bulk", PURPOSE)
+    assert len(provided) in range(2, 303)  # the answered ones, plus any looked up ahead before the cancel
