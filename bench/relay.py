@@ -91,8 +91,6 @@ CODEPOOL_CONFIG = "\n[codepool]\nrefill_below = 150000\nblock_size = 100000\n"  
 POOL_EXHAUSTED = "CODE_POOL_EXHAUSTED"
 SCRIPT = Path(__file__).resolve()
 
-# The nodes' SQLite settings, applied to the ceiling server's connection too.
-NODE_PRAGMAS = SQLITE_PRAGMAS
 INSERT_EVENT = (
     "INSERT INTO event (origin, seq, resident_code, previous_code, reason, effective_date, recorded_us,"
     " name, alias, birth_date, sex, address, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -284,7 +282,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 def open_node_like_sqlite(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in NODE_PRAGMAS:
+    for pragma in SQLITE_PRAGMAS:  # the nodes' settings, so the ceiling is measured like a node
         db.execute(pragma)
     return db
 

@@ -8,7 +8,7 @@ from jukinet.pki.credentials import (
     channel_credentials,
     server_credentials,
 )
-from jukinet.pki.peer import PeerCertificate, peer_certificate, peer_identity, peer_node_id
+from jukinet.pki.peer import PeerCertificate, peer_identity, peer_node_id
 from jukinet.pki.revocation import RevocationList, certificate_serial, revoke
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "ensure",
     "issue",
     "paths_for",
-    "peer_certificate",
     "peer_identity",
     "peer_node_id",
     "revoke",

@@ -29,7 +29,8 @@ def peer_node_id(context: "grpc.aio.ServicerContext[Any, Any] | grpc.ServicerCon
 def peer_identity(
     context: "grpc.aio.ServicerContext[Any, Any] | grpc.ServicerContext",
 ) -> tuple[NodeId, "PeerCertificate"]:
-    """peer_node_id and peer_certificate from one read of the call's auth context (the per-call hot path)."""
+    """The caller's NodeId and its certificate's serial, expiry and role, from one read of the call's auth
+    context (the per-call hot path; both parses are cached per distinct certificate)."""
     uris, pem = _uris_and_pem(_auth(context))
     node = _node_id(uris, pem)
     if pem is None:
@@ -85,14 +86,6 @@ def _parse(pem: bytes) -> PeerCertificate:
     units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     role = str(units[0].value) if units else ""
     return PeerCertificate(cert.serial_number, cert.not_valid_after_utc, role)
-
-
-def peer_certificate(context: "grpc.aio.ServicerContext[Any, Any] | grpc.ServicerContext") -> PeerCertificate:
-    """Serial, expiry and role of the caller's leaf certificate (parsed once per distinct certificate)."""
-    _, pem = _uris_and_pem(_auth(context))
-    if pem is None:
-        raise UnauthenticatedError("no client certificate reached the server")
-    return _parse(pem)
 
 
 def certificate_role(cert_path: Path) -> str:

@@ -1,7 +1,7 @@
 """Undecodable requests (invalid UTF-8 in a string field, truncated bytes) become INVALID_ARGUMENT.
 
 grpcio parses requests before any handler runs and answers a parse failure with UNKNOWN (unary) or
-INTERNAL (streams). This interceptor parses leniently instead and lets the handler's edge refuse the
+INTERNAL (streams). This module parses leniently instead and lets the handler's edge refuse the
 message with a status a caller can act on (streams: through the call guard, so it is logged too).
 
 The wrapping happens once, when a servicer is registered (LenientServer), not per call: a grpc.aio server

@@ -126,16 +126,6 @@ def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided
     return results
 
 
-def lookup(
-    tx: ProvisionTx, *, agency: Agency, purpose: Purpose, code: str, call: CallInfo, now: dt.datetime
-) -> Provided:
-    """One resident by code. Raises NotFoundError (the guard logs the refusal; nothing is written then)."""
-    (result,) = lookups(tx, [LookupRequest(agency, purpose, code, call, now)])
-    if isinstance(result, NotFoundError):
-        raise result
-    return result
-
-
 def bulk_lookup(
     tx: ProvisionTx,
     *,

@@ -69,13 +69,13 @@ class CenterTx(SqlTx):
     def feed_items(self, agency: str, purpose: str, after_seq: int, limit: int) -> list[tuple[int, ChangeEvent]]:
         """Already numbered items after `after_seq`, with their events."""
         query = (
-            select(feed_item.c.seq, event)
+            select(feed_item.c.seq.label("feed_seq"), event)
             .join(event, event.c.id == feed_item.c.event_id)
             .where(feed_item.c.agency == agency, feed_item.c.purpose == purpose, feed_item.c.seq > after_seq)
             .order_by(feed_item.c.seq)
             .limit(limit)
         )
-        return [(int(row.seq), rows.event_from(row)) for row in self.conn.execute(query)]
+        return [(int(row.feed_seq), rows.event_from(row)) for row in self.conn.execute(query)]
 
     def events_after_id(self, event_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
         """(event id, event) of the events stored after `event_id`, in storage order."""

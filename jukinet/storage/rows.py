@@ -49,41 +49,10 @@ def registration_tuple(reg: Registration) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def items_from(row: Any) -> IdentityItems:
-    return IdentityItems(
-        name=row.name,
-        alias=row.alias,
-        birth_date=dt.date.fromisoformat(row.birth_date),
-        sex=Sex(row.sex),
-        address=row.address,
-    )
-
-
 def event_from(row: Any) -> ChangeEvent:
-    return ChangeEvent(
-        origin=row.origin,
-        seq=row.seq,
-        resident_code=row.resident_code,
-        previous_code=row.previous_code,
-        reason=ChangeReason(row.reason),
-        effective_date=dt.date.fromisoformat(row.effective_date),
-        recorded_at=from_us(row.recorded_us),
-        items=items_from(row),
-    )
-
-
-def registration_from(row: Any) -> Registration:
-    return Registration(
-        resident_code=row.resident_code,
-        municipality=row.municipality,
-        items=items_from(row),
-        active=bool(row.active),
-        reason=ChangeReason(row.reason),
-        effective_date=dt.date.fromisoformat(row.effective_date),
-        recorded_at=from_us(row.recorded_us),
-        seq=row.seq,
-        replaced_by=row.replaced_by,
-    )
+    """An event from a SQLAlchemy Row that holds the event table's columns (read by name)."""
+    mapping = row._mapping
+    return event_from_tuple([mapping[column] for column in EVENT_COLUMNS])
 
 
 def registration_from_tuple(values: Any) -> Registration:

@@ -18,11 +18,6 @@ from jukinet.storage.schema import event, free_code
 _IN_CHUNK = 500  # bound parameter lists (SQLite allows 32,766 variables; keep statements small)
 
 
-def _insert_sql(table: str, columns: Sequence[str]) -> str:
-    # Built once at import from constant table and column names, never from input.
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
-
-
 _MAX_PARAMS = 30_000  # below SQLite's 32,766 bound variables per statement (PostgreSQL allows 65,535)
 _MAX_ROWS = 1_000
 
@@ -49,6 +44,11 @@ class _Append:
             if len(self._sql) < 64:
                 self._sql[rows] = found
         return found
+
+
+def _insert_sql(table: str, columns: Sequence[str]) -> str:
+    """A one-row INSERT, built at import from constant table and column names, never from input."""
+    return _Append(table, columns).sql(1)
 
 
 _INSERT_EVENT = _Append("event", rows.EVENT_COLUMNS)
