@@ -21,7 +21,9 @@ bare
     before each center measurement at the same concurrency: the ceiling `unary_ratio` divides by.
     At concurrency 16 the pair (bare, then center) is measured --rounds times (3), interleaved, and
     `unary_ratio` is the median of the paired ratios (this VM's speed drifts by 10-15 % between
-    measurements); `p99_ms` is the worst round's.
+    measurements); `p99_ms` is the worst round's. The bench client and the server share the machine's
+    vCPUs, so `cpu_bound_ratio` (bare CPU per call over the center's, server + client, median round) is
+    the most `unary_ratio` could be with every vCPU busy; `cpu_busy` says how busy they were.
 
 bulk
     ProvisionService.LookupResidents: one bidi stream, the purpose in the first message, --bulk codes
@@ -566,6 +568,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     real_data = real.as_dict()
     ratio = real.per_s / bare_c.per_s if bare_c.per_s else None
     bulk_rate = bulk["center"].items_per_s
+    cpu_ratio = _cpu_bound_ratio(bare_c, real)
     worst = [c.as_dict()["p99_ms"] for _, c in rounds]
     p99 = None if None in worst else max(worst)  # the target must hold in every round
     return {
@@ -577,6 +580,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "unary_ratio": None if ratio is None else round(ratio, 4),
         "p50_ms": real_data["p50_ms"],
         "p99_ms": p99,
+        "cpu_bound_ratio": cpu_ratio,
+        "cpu_busy": {"bare": _busy(bare_c), "center": _busy(real)},
         "bulk_items_per_s": None if bulk_rate is None else round(bulk_rate, 1),
         "bulk_status": bulk["center"].status,
         "bare_bulk_items_per_s": bulk["bare"].as_dict()["items_per_s"],
@@ -621,6 +626,25 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
 
 
+def _cpu_per_call(u: Unary) -> float | None:
+    return (u.server_cpu_s + u.client_cpu_s) / u.calls if u.calls else None
+
+
+def _cpu_bound_ratio(bare: Unary, center: Unary) -> float | None:
+    """Bare CPU per call (server + bench client) over the center's: what unary_ratio would be if both
+    measurements kept every vCPU busy. The client and the server share this machine's 2 vCPUs, so this
+    bounds unary_ratio from above; the rest of the gap is CPU the center leaves idle while calls wait."""
+    bare_cpu, center_cpu = _cpu_per_call(bare), _cpu_per_call(center)
+    return round(bare_cpu / center_cpu, 4) if bare_cpu and center_cpu else None
+
+
+def _busy(u: Unary) -> float | None:
+    """Share of the machine's vCPUs the server and the bench client used during one measurement."""
+    if not u.seconds:
+        return None
+    return round((u.server_cpu_s + u.client_cpu_s) / (u.seconds * (os.cpu_count() or 1)), 3)
+
+
 def print_summary(result: dict[str, Any]) -> None:
     print(f"provision: center preloaded with {result['preload']:,} residents, purpose {result['purpose']}")
     print("  unary lookups by code      calls/s    p50 ms    p99 ms  server µs/call  client µs/call")
@@ -640,6 +664,11 @@ def print_summary(result: dict[str, Any]) -> None:
     print(
         f"  unary_ratio (c={HEADLINE_CONCURRENCY}, median of {len(result['headline_rounds'])} interleaved rounds)"
         f" {result['unary_ratio']}  (target ≥ {TARGET_RATIO}, p99 {result['p99_ms']} ms, target < {TARGET_P99_MS:g} ms)"
+    )
+    busy = result["cpu_busy"]
+    print(
+        f"  CPU per call (server + client) bounds the ratio at {result['cpu_bound_ratio']}: the median round kept"
+        f" {busy['center']:.0%} of the vCPUs busy for the center, {busy['bare']:.0%} for the bare handler"
     )
     for name in ("center", "bare"):
         b = result["bulk"][name]
