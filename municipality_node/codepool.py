@@ -13,9 +13,10 @@ import grpc
 import structlog
 from sqlalchemy import Connection, func, insert, select
 
+from jukinet.domain.identity import NodeId
 from jukinet.domain.validate import resident_code
 from jukinet.observability.metrics import NodeMetrics
-from jukinet.pki import SECURE_CHANNEL_OPTIONS
+from jukinet.pki import channel_options
 from jukinet.rpc import authz
 from jukinet.rpc.guard import REQUEST_ID_KEY
 from jukinet.rpc.switch import LinkSwitch
@@ -51,6 +52,7 @@ class CodePoolKeeper:
         self._store = store
         self._upstream = upstream
         self._upstream_identity = upstream_identity
+        self._channel_options = channel_options(NodeId.parse(upstream_identity))
         self._credentials = credentials
         self._metrics = metrics
         self._refill_below = refill_below
@@ -79,7 +81,7 @@ class CodePoolKeeper:
                 try:
                     # A channel per refill: refills are rare, and a renewed certificate is picked up.
                     async with grpc.aio.secure_channel(
-                        self._upstream, self._credentials(), options=SECURE_CHANNEL_OPTIONS
+                        self._upstream, self._credentials(), options=self._channel_options
                     ) as channel:
                         await self._refill(codepool_pb2_grpc.CodePoolServiceStub(channel), request_id)
                     request_id = uuid.uuid4().hex  # the next block is a new request

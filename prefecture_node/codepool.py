@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 
 from jukinet.domain.errors import UpstreamUnavailable
-from jukinet.domain.identity import NodeId
+from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import local_gov_code, request_id
-from jukinet.pki import SECURE_CHANNEL_OPTIONS
+from jukinet.pki import channel_options
 from jukinet.rpc import authz
 from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
 from jukinet.services.ports import AccessEntry
@@ -44,7 +44,7 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
             try:
                 # A channel per request: pools are requested rarely, and renewed certificates are picked up.
                 async with grpc.aio.secure_channel(
-                    self._center_address, self._credentials(), options=SECURE_CHANNEL_OPTIONS
+                    self._center_address, self._credentials(), options=channel_options(NodeId(Role.CENTER))
                 ) as channel:
                     reply: codepool_pb2.AllocateCodesResponse = await codepool_pb2_grpc.CodePoolServiceStub(
                         channel

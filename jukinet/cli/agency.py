@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jukinet.cli.client import client_channel
+from jukinet.cli.client import client_channel, rpc_error_text
 from jukinet.domain.errors import JukinetError
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 
@@ -35,7 +35,7 @@ def run_rpc(work: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(work)
     except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+        print(rpc_error_text(error), file=sys.stderr)
         raise typer.Exit(1) from None
     except JukinetError as error:  # e.g. a malformed --as identity
         print(f"{error.code}: {error}", file=sys.stderr)

@@ -5,12 +5,29 @@ from pathlib import Path
 
 import grpc
 
-from jukinet.domain.identity import NodeId
-from jukinet.pki import SECURE_CHANNEL_OPTIONS, channel_credentials, paths_for
+from jukinet.domain.identity import NodeId, server_for
+from jukinet.pki import SECURE_CHANNEL_OPTIONS, channel_credentials, channel_options, paths_for
+
+WRONG_SERVER_HINT = (
+    "the server at that address is not the node this command expects (its certificate names another node):"
+    " check --node, and that --as is an identity of a client of that node"
+)
 
 
-def client_channel(address: str, pki_dir: Path, identity: str) -> grpc.aio.Channel:
-    """An aio channel to `address`, authenticated as `identity` (a jukinet:// URI with a cert in pki_dir)."""
+def rpc_error_text(error: grpc.aio.AioRpcError) -> str:
+    """`CODE: details` of a failed call, with what to check when the server was not the expected node."""
+    details = error.details() or ""
+    text = f"{error.code().name}: {details}"
+    if "Hostname Verification" in details:
+        text += f"\n{WRONG_SERVER_HINT}"
+    return text
+
+
+def client_channel(address: str, pki_dir: Path, identity: str, server: str | None = None) -> grpc.aio.Channel:
+    """An aio channel to `address`, authenticated as `identity` (a jukinet:// URI with a cert in pki_dir).
+
+    The server must prove it is `server` (a jukinet:// URI; by default the node `identity` calls: see
+    jukinet.domain.identity.server_for), by the server name in its certificate."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     node = NodeId.parse(identity)
     paths = paths_for(pki_dir, node)
@@ -18,4 +35,6 @@ def client_channel(address: str, pki_dir: Path, identity: str) -> grpc.aio.Chann
         raise SystemExit(
             f"no certificate for {identity} in {pki_dir}: run `jukinet pki issue --dir {pki_dir} {identity}`"
         )
-    return grpc.aio.secure_channel(address, channel_credentials(paths), options=SECURE_CHANNEL_OPTIONS)
+    expected = NodeId.parse(server) if server is not None else server_for(node)
+    options = channel_options(expected) if expected is not None else SECURE_CHANNEL_OPTIONS
+    return grpc.aio.secure_channel(address, channel_credentials(paths), options=options)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jukinet.cli.client import client_channel
+from jukinet.cli.client import client_channel, rpc_error_text
 from jukinet.config import ConfigError, load_config
 from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import certificate_serial, create_ca, issue, paths_for, revoke
@@ -124,7 +124,7 @@ def _switch(node: str, pki_dir: Path, operator: str, reason: str | None) -> bool
     try:
         return asyncio.run(call())
     except grpc.aio.AioRpcError as error:
-        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        console.print(rpc_error_text(error), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -188,7 +188,7 @@ def log_show(
     try:
         entries = asyncio.run(fetch())
     except grpc.aio.AioRpcError as error:
-        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        console.print(rpc_error_text(error), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if as_json:
         for e in entries:

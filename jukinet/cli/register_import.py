@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jukinet.cli.client import client_channel
+from jukinet.cli.client import client_channel, rpc_error_text
 from jukinet.cli.register_client import is_ok, record_batches
 from jukinet.wire.v1 import register_pb2, register_pb2_grpc, types_pb2
 
@@ -126,7 +126,7 @@ def import_file(
     try:
         asyncio.run(run())
     except grpc.aio.AioRpcError as error:
-        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        console.print(rpc_error_text(error), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"accepted {outcome['accepted']}, rejected {outcome['rejected']} of {len(rows)} rows")
     for item in refused[:10]:

@@ -74,5 +74,40 @@ class NodeId:
             return prefecture_of(self.code)
         raise ValueError(f"{self.uri} belongs to no prefecture")
 
+    @property
+    def upstream(self) -> "NodeId | None":
+        """The tier this node relays to: a municipality's prefecture, a prefecture's center."""
+        if self.role is Role.MUNICIPALITY:
+            return NodeId(Role.PREFECTURE, prefecture_of(self.code))
+        if self.role is Role.PREFECTURE:
+            return NodeId(Role.CENTER)
+        return None
+
+    @property
+    def serves(self) -> bool:
+        """Whether this identity runs a node server (and so needs a server name in its certificate)."""
+        return self.role in (Role.CENTER, Role.PREFECTURE, Role.MUNICIPALITY)
+
     def __str__(self) -> str:
         return self.uri
+
+
+def server_for(caller: NodeId) -> NodeId | None:
+    """The node a client identity calls: an agency the center, a register system its municipality, an
+    operator the node it operates, a municipality its prefecture, a prefecture the center."""
+    if caller.role is Role.AGENCY:
+        return NodeId(Role.CENTER)
+    if caller.role is Role.REGISTER:
+        return NodeId(Role.MUNICIPALITY, caller.code)
+    if caller.role is Role.OPERATOR:
+        return _node_named(caller.node)
+    return caller.upstream
+
+
+def _node_named(name: str) -> NodeId | None:
+    """The node an operator identity names by its file stem ("center", "prefecture-13", …), if any."""
+    role, _, code = name.partition("-")
+    try:
+        return NodeId.parse(f"{_SCHEME}{role}/{code}" if code else f"{_SCHEME}{role}")
+    except UnauthenticatedError:
+        return None

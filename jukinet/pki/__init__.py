@@ -1,11 +1,12 @@
 """The network PKI: a private ECDSA P-256 CA, node certificates with jukinet:// URI SANs, mTLS credentials."""
 
-from jukinet.pki.ca import CertPaths, create_ca, ensure, issue, paths_for, slug
+from jukinet.pki.ca import CertPaths, create_ca, ensure, issue, paths_for, server_name, slug
 from jukinet.pki.credentials import (
     SECURE_CHANNEL_OPTIONS,
     SECURE_SERVER_OPTIONS,
     CertificateReloader,
     channel_credentials,
+    channel_options,
     server_credentials,
 )
 from jukinet.pki.peer import PeerCertificate, peer_identity, peer_node_id
@@ -20,6 +21,7 @@ __all__ = [
     "RevocationList",
     "certificate_serial",
     "channel_credentials",
+    "channel_options",
     "create_ca",
     "ensure",
     "issue",
@@ -28,5 +30,6 @@ __all__ = [
     "peer_node_id",
     "revoke",
     "server_credentials",
+    "server_name",
     "slug",
 ]

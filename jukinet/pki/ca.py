@@ -37,6 +37,18 @@ class CertPaths:
     ca: Path
 
 
+SERVER_NAME_DOMAIN = "jukinet.invalid"  # never resolved: a name to verify, not to look up (RFC 6761)
+
+
+def server_name(identity: NodeId) -> str:
+    """The DNS name a node's server certificate carries and its clients verify (``prefecture-13.jukinet.invalid``).
+
+    Clients connect by address and check this name (gRPC's ssl_target_name_override), so a server holding
+    some other certificate of the network (another node's, an agency's) fails the handshake: a municipality
+    sends its residents' data to its own prefecture only, not to whoever answers at that address."""
+    return f"{slug(identity)}.{SERVER_NAME_DOMAIN}"
+
+
 def slug(identity: NodeId) -> str:
     """File stem for an identity: the URI without scheme, "/" replaced by "-" (``municipality-132080``)."""
     return identity.uri.removeprefix(_SCHEME).replace("/", "-")
@@ -139,8 +151,8 @@ def issue(
 ) -> CertPaths:
     """Issue a fresh P-256 certificate for `identity`, signed by the CA in `pki_dir`, replacing any old one.
 
-    SANs: the identity URI, then `dns_names` and `ip_addresses`. EKU: serverAuth and clientAuth.
-    The validity never extends beyond the CA's own.
+    SANs: the identity URI, its `server_name` when the identity runs a node server, then `dns_names` and
+    `ip_addresses`. EKU: serverAuth and clientAuth. The validity never extends beyond the CA's own.
     """
     ca_cert, ca_key = _load_ca(pki_dir)
     paths = paths_for(pki_dir, identity)
@@ -152,6 +164,8 @@ def issue(
     if role:  # operator roles travel in the subject's OU (viewer, clerk, security-admin)
         subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+    if identity.serves:
+        sans.append(x509.DNSName(server_name(identity)))
     sans += [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     cert = (
@@ -192,6 +206,17 @@ def issue(
     return paths
 
 
+def _lacks_server_name(cert_path: Path, identity: NodeId) -> bool:
+    if not identity.serves:
+        return False
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return True
+    return server_name(identity) not in names.get_values_for_type(x509.DNSName)
+
+
 def ensure(
     pki_dir: Path,
     identity: NodeId,
@@ -201,9 +226,10 @@ def ensure(
     ip_addresses: Sequence[str] = ("127.0.0.1",),
     role: str = "",
 ) -> CertPaths:
-    """Like `issue`, but only if the certificate or key file is missing."""
+    """Like `issue`, but only if the certificate or key file is missing, or a node's certificate lacks its
+    `server_name` (issued before clients verified it)."""
     paths = paths_for(pki_dir, identity)
-    if paths.cert.exists() and paths.key.exists():
+    if paths.cert.exists() and paths.key.exists() and not _lacks_server_name(paths.cert, identity):
         return paths
     return issue(
         pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses, role=role

@@ -10,7 +10,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from jukinet.pki.ca import CertPaths
+from jukinet.domain.identity import NodeId
+from jukinet.pki.ca import CertPaths, server_name
 
 _log = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ SECURE_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 """Client channel options for long-lived node links: keepalive every 30 s, 64 MiB messages."""
+
+
+def channel_options(server: NodeId) -> tuple[tuple[str, int | str], ...]:
+    """SECURE_CHANNEL_OPTIONS, and the server's certificate must name `server` (its `server_name`)."""
+    return (*SECURE_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name(server)))
+
 
 SECURE_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 30_000),

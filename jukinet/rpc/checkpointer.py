@@ -27,7 +27,7 @@ from jukinet.audit import (
 )
 from jukinet.domain.identity import NodeId
 from jukinet.observability.metrics import NodeMetrics
-from jukinet.pki import SECURE_CHANNEL_OPTIONS, CertPaths
+from jukinet.pki import CertPaths, channel_options
 from jukinet.rpc.audit_servicer import checkpoint_to_pb, us_of
 from jukinet.rpc.switch import LinkSwitch
 from jukinet.storage import Store, audit_repo
@@ -66,6 +66,8 @@ class Checkpointer:
         poll_s: float = POLL_S,
     ) -> None:
         self._node = node
+        parent = node.upstream
+        self._channel_options = channel_options(parent) if parent is not None else ()
         self._store = store
         self._paths = paths
         self._metrics = metrics
@@ -180,7 +182,7 @@ class Checkpointer:
             )
             try:
                 async with grpc.aio.secure_channel(
-                    self._upstream, self._credentials(), options=SECURE_CHANNEL_OPTIONS
+                    self._upstream, self._credentials(), options=self._channel_options
                 ) as channel:
                     reply = await audit_pb2_grpc.AuditServiceStub(channel).SubmitCheckpoint(
                         request, timeout=RPC_TIMEOUT_S

@@ -19,8 +19,9 @@ import grpc
 import structlog
 from sqlalchemy import Connection, Row
 
+from jukinet.domain.identity import NodeId
 from jukinet.observability.metrics import NodeMetrics
-from jukinet.pki import SECURE_CHANNEL_OPTIONS
+from jukinet.pki import channel_options
 from jukinet.rpc import authz
 from jukinet.rpc.convert import event_row_to_pb
 from jukinet.rpc.guard import REQUEST_ID_KEY
@@ -51,6 +52,7 @@ class Forwarder:
         self._store = store
         self._upstream = upstream
         self._upstream_identity = upstream_identity
+        self._channel_options = channel_options(NodeId.parse(upstream_identity))  # it must be that node
         self._credentials = credentials
         self._metrics = metrics
         self._batch_size = batch_size
@@ -124,7 +126,7 @@ class Forwarder:
                 async with grpc.aio.secure_channel(
                     self._upstream,
                     self._credentials(),
-                    options=SECURE_CHANNEL_OPTIONS,  # re-read: renewals
+                    options=self._channel_options,  # credentials re-read: renewals
                 ) as channel:
                     await self._session(relay_pb2_grpc.RelayServiceStub(channel), stop)
                 backoff = 0.2

@@ -28,6 +28,7 @@ from jukinet.pki import (
     CertificateReloader,
     CertPaths,
     channel_credentials,
+    channel_options,
     create_ca,
     issue,
     peer_node_id,
@@ -225,3 +226,51 @@ def test_reloader_keeps_current_certificate_on_mismatched_pair(tmp_path: Path) -
     paths.cert.write_bytes(other.cert.read_bytes())
     assert reloader() is not None
     assert reloader() is None
+
+
+async def _call_expecting(port: int, creds: grpc.ChannelCredentials, server: NodeId) -> str:
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=channel_options(server)) as ch:
+        whoami = ch.unary_unary(WHOAMI, request_serializer=_identity, response_deserializer=_identity)
+        reply: bytes = await whoami(b"", timeout=5)
+        return reply.decode()
+
+
+async def test_client_reaches_the_node_it_expects(server: Server) -> None:
+    """The center's certificate names center.jukinet.invalid: a client expecting the center gets through."""
+    agency = issue(server.pki, NodeId(Role.AGENCY, "pension"))
+    assert await _call_expecting(server.port, channel_credentials(agency), CENTER) == "jukinet://agency/pension"
+
+
+async def test_client_refuses_a_node_that_is_not_the_one_it_expects(server: Server) -> None:
+    """A municipality expecting its prefecture at this address finds the center there: the handshake fails
+    on the client's side, so not even the request leaves it."""
+    client = channel_credentials(issue(server.pki, MUNI))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _call_expecting(server.port, client, NodeId(Role.PREFECTURE, "13"))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+
+
+async def test_another_prefectures_certificate_cannot_impersonate_ours(tmp_path: Path) -> None:
+    """A server holding a valid certificate of the same network, but prefecture 01's, at the address where
+    municipality 132080 expects prefecture 13: the municipality does not talk to it."""
+    pki = tmp_path / "pki"
+    create_ca(pki)
+    impostor = grpc.aio.server(options=SECURE_SERVER_OPTIONS)
+    handler = grpc.unary_unary_rpc_method_handler(
+        _whoami, request_deserializer=_identity, response_serializer=_identity
+    )
+    impostor.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Whoami", {"Whoami": handler})])
+    port = impostor.add_secure_port("127.0.0.1:0", server_credentials(issue(pki, NodeId(Role.PREFECTURE, "01"))))
+    await impostor.start()
+    try:
+        client = channel_credentials(issue(pki, MUNI))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _call_expecting(port, client, NodeId(Role.PREFECTURE, "13"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The same server, expected as what it is, answers: the refusal above was about its name only.
+        municipality_of_01 = channel_credentials(issue(pki, NodeId(Role.MUNICIPALITY, "012084")))
+        assert await _call_expecting(port, municipality_of_01, NodeId(Role.PREFECTURE, "01")) == (
+            "jukinet://municipality/012084"
+        )
+    finally:
+        await impostor.stop(None)

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jukinet.domain import NodeId, Role, UnauthenticatedError
-from jukinet.pki import CertPaths, create_ca, ensure, issue, paths_for, peer_node_id
+from jukinet.domain.identity import server_for
+from jukinet.pki import CertPaths, create_ca, ensure, issue, paths_for, peer_node_id, server_name
 
 MUNI = NodeId(Role.MUNICIPALITY, "132080")
 
@@ -54,9 +55,9 @@ def test_issued_certificate_carries_identity_and_is_signed_by_ca(pki: Path) -> N
     cert = _cert(paths.cert)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["jukinet://municipality/132080"]
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.DNSName) == ["municipality-132080.jukinet.invalid", "localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
-    assert len(list(san)) == 3
+    assert len(list(san)) == 4
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     assert [a.value for a in cn] == ["jukinet://municipality/132080"]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -97,7 +98,7 @@ def test_serials_are_random(pki: Path) -> None:
 def test_custom_sans(pki: Path) -> None:
     paths = issue(pki, MUNI, dns_names=("muni.example", "localhost"), ip_addresses=("::1", "10.0.0.5"))
     san = _cert(paths.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["muni.example", "localhost"]
+    assert san.get_values_for_type(x509.DNSName) == [server_name(MUNI), "muni.example", "localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("::1"),
         ipaddress.ip_address("10.0.0.5"),
@@ -112,6 +113,87 @@ def test_ensure_does_not_reissue(pki: Path) -> None:
     paths.key.unlink()
     ensure(pki, MUNI)
     assert paths.cert.read_bytes() != before[0]
+
+
+def test_only_node_servers_carry_a_server_name(pki: Path) -> None:
+    """Clients verify a node by the server name in its certificate; no client identity may carry one."""
+    for identity, expected in [
+        (NodeId(Role.CENTER), ["center.jukinet.invalid"]),
+        (NodeId(Role.PREFECTURE, "13"), ["prefecture-13.jukinet.invalid"]),
+        (NodeId(Role.AGENCY, "pension"), []),
+        (NodeId(Role.REGISTER, "132080"), []),
+        (NodeId(Role.OPERATOR, "ops1", "center"), []),
+    ]:
+        san = _cert(issue(pki, identity).cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [n for n in san.get_values_for_type(x509.DNSName) if n.endswith(".jukinet.invalid")]
+        assert names == expected, identity
+
+
+def test_ensure_reissues_a_node_certificate_without_its_server_name(pki: Path) -> None:
+    """A certificate from before clients verified server names is replaced; a current one is kept."""
+    old = _legacy_certificate(pki, MUNI)
+    paths = ensure(pki, MUNI)
+    assert paths.cert.read_bytes() != old
+    san = _cert(paths.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert server_name(MUNI) in san.get_values_for_type(x509.DNSName)
+    kept = paths.cert.read_bytes()
+    assert ensure(pki, MUNI).cert.read_bytes() == kept
+
+
+def _legacy_certificate(pki: Path, identity: NodeId) -> bytes:
+    """A certificate as issued before server names: URI, localhost and 127.0.0.1 only."""
+    ca = _cert(pki / "ca.pem")
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.uri)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier(identity.uri),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = paths_for(pki, identity)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    paths.cert.write_bytes(pem)
+    paths.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return pem
+
+
+@pytest.mark.parametrize(
+    ("caller", "server"),
+    [
+        ("jukinet://agency/pension", "jukinet://center"),
+        ("jukinet://register/132080", "jukinet://municipality/132080"),
+        ("jukinet://municipality/132080", "jukinet://prefecture/13"),
+        ("jukinet://municipality/012084", "jukinet://prefecture/01"),
+        ("jukinet://prefecture/13", "jukinet://center"),
+        ("jukinet://operator/center/ops1", "jukinet://center"),
+        ("jukinet://operator/prefecture-13/ops1", "jukinet://prefecture/13"),
+        ("jukinet://operator/municipality-132080/ops1", "jukinet://municipality/132080"),
+        ("jukinet://operator/elsewhere/ops1", None),
+        ("jukinet://center", None),
+    ],
+)
+def test_server_for_names_the_node_each_client_calls(caller: str, server: str | None) -> None:
+    found = server_for(NodeId.parse(caller))
+    assert (found.uri if found is not None else None) == server
 
 
 @pytest.mark.parametrize(
