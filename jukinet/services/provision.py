@@ -33,6 +33,11 @@ class ProvisionTx(Protocol):
 
     def append_provisions(self, entries: Sequence[ProvisionEntry]) -> None: ...
 
+    def append_provisions_for(self, template: ProvisionEntry, codes: Sequence[str]) -> None:
+        """One provision per code, each as `template` (instant, request, agency, purpose, fields, channel)
+        but for that resident: a bulk message's entries differ in the code only."""
+        ...
+
     def append_access(self, entries: Sequence[AccessEntry]) -> None: ...
 
     def codes_matching(
@@ -138,34 +143,32 @@ def bulk_lookup(
     """Many codes (already checked at the edge: bad ones arrive as InvalidField); one result per code."""
     valid = [c for c in codes if isinstance(c, str)]
     regs = tx.registrations_of(valid)
-    resolved: list[BulkItem | tuple[str, CurrentRecord, list[str]]] = []
+    fields = purpose.fields
+    results: list[BulkItem] = []
+    provided: list[str] = []  # the current code of each record provided
+    chains: list[tuple[int, list[str]]] = []  # (index in results, codes walked) of each provided record
     for code in codes:
         if isinstance(code, InvalidField):
-            resolved.append(BulkItem("", None, code))
+            results.append(BulkItem("", None, code))
             continue
         try:
             record, chain = resolve(regs, tx, code)
         except NotFoundError as error:
-            resolved.append(BulkItem(code, None, error))
+            results.append(BulkItem(code, None, error))
             continue
-        resolved.append((code, record, chain))
-    with_history = "history" in purpose.fields
-    history: dict[str, list[ChangeEvent]] = {}
-    if with_history:
-        chains = {c for entry in resolved if isinstance(entry, tuple) for c in entry[2]}
-        for event in tx.events_of(chains):
+        chains.append((len(results), chain))
+        results.append(BulkItem(code, Provided(record, fields, []), None))
+        provided.append(record.resident_code)
+    if "history" in fields and chains:
+        history: dict[str, list[ChangeEvent]] = {}
+        for event in tx.events_of({c for _, chain in chains for c in chain}):
             history.setdefault(event.resident_code, []).append(event)
-    results: list[BulkItem] = []
-    provisions: list[ProvisionEntry] = []
-    for entry in resolved:
-        if isinstance(entry, BulkItem):
-            results.append(entry)
-            continue
-        code, record, chain = entry
-        events = _events_of_chain(chain, history) if with_history else []
-        results.append(BulkItem(code, Provided(record, purpose.fields, events), None))
-        provisions.append(_provision(now, call, agency, purpose, record.resident_code, "bulk"))
-    tx.append_provisions(provisions)
+        for index, chain in chains:
+            item = results[index]
+            assert item.provided is not None  # noqa: S101 - set above for every entry of `chains`
+            events = _events_of_chain(chain, history)
+            results[index] = BulkItem(item.requested, Provided(item.provided.record, fields, events), None)
+    tx.append_provisions_for(_provision(now, call, agency, purpose, "", "bulk"), provided)
     tx.append_access([_access(call, now, purpose, valid, "OK")])
     return results
 

@@ -3,7 +3,7 @@
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, select
@@ -118,7 +118,7 @@ class SqlTx:
         per = target.rows_per_statement
         for start in range(0, len(values), per):
             chunk = values[start : start + per]
-            self._execute(target.sql(len(chunk)), tuple(v for row in chunk for v in row))
+            self._execute(target.sql(len(chunk)), tuple(chain.from_iterable(chunk)))
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> None:
         if not self.conn.in_transaction():
@@ -191,6 +191,11 @@ class SqlTx:
                 fields = joined[e.fields] = " ".join(e.fields)
             values.append((at, e.request_id[:128], e.agency, e.purpose, e.resident_code, fields, e.channel))
         self._append(_INSERT_PROVISION, values)
+
+    def append_provisions_for(self, template: ProvisionEntry, codes: Sequence[str]) -> None:
+        head = (rows.to_us(template.at), template.request_id[:128], template.agency, template.purpose)
+        tail = (" ".join(template.fields), template.channel)
+        self._append(_INSERT_PROVISION, [(*head, code, *tail) for code in codes])
 
     def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
         found = []

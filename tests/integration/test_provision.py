@@ -88,6 +88,28 @@ async def test_every_answer_is_provision_logged(center: Center) -> None:
     ]
 
 
+async def test_bulk_answers_with_history_as_lookups_do_and_logs_each_record(center: Center) -> None:
+    """A purpose with history: each bulk result carries the same record and history as a lookup of that
+    code; a bad code in between is its own INVALID_ARGUMENT; one bulk provision per record provided."""
+    codes = [ALICE, BOB, "12345678904", ALICE_NEW]
+    async with channel(center.pki, "jukinet://agency/pension", center.node.address) as ch:
+        call = provision_pb2_grpc.ProvisionServiceStub(ch).LookupResidents(
+            iter([provision_pb2.LookupResidentsRequest(purpose="pension-benefit", resident_codes=codes)])
+        )
+        results = [r for response in [r async for r in call] for r in response.results]
+    assert [r.status_code for r in results] == [0, 0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
+    for code, result in zip(codes, results, strict=True):
+        if result.status_code == 0:
+            assert result.record == await _lookup(center, "pension-benefit", code)
+    # By the retired code: its events and the new code's. By the new code: the new code's (its code-change
+    # event names the previous code).
+    assert [len(results[i].record.history) for i in (0, 1, 3)] == [2, 2, 1]
+    rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    bulk = [(r.resident_code, r.purpose) for r in rows if r.channel == "bulk"]
+    assert bulk == [(ALICE_NEW, "pension-benefit"), (BOB, "pension-benefit"), (ALICE_NEW, "pension-benefit")]
+    assert {r.fields for r in rows if r.channel == "bulk"} == {"address alias birth_date history name sex"}
+
+
 @pytest.mark.parametrize(
     ("who", "purpose", "code", "status"),
     [
