@@ -24,6 +24,7 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import PeerCertificate, RevocationList, peer_identity
 from jukinet.rpc.authz import check_operator_role, crosses_links
+from jukinet.rpc.error_details import refusal_trailer
 from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
 from jukinet.services.relay import CallInfo
@@ -93,11 +94,15 @@ class Guard:
             yield Call(caller, CallInfo(peer=peer, request_id=request_id, method=method), link_switch)
         except AlreadyLogged as logged:
             code = grpc.StatusCode[logged.error.code]
-            await context.abort(code, str(logged.error))
+            message = str(logged.error)
+            trailer = refusal_trailer(
+                code, message, reason=logged.error.reason, request_id=request_id, error=logged.error
+            )
+            await context.abort(code, message, trailing_metadata=trailer)
         except JukinetError as error:
             code = grpc.StatusCode[error.code]
             self._metrics.refused_calls.labels(error.reason).inc()
-            await self._refuse(context, method, peer, request_id, code, str(error), purpose)
+            await self._refuse(context, method, peer, request_id, code, str(error), purpose, refusal=error)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -135,6 +140,8 @@ class Guard:
         code: grpc.StatusCode,
         message: str,
         purpose: str = "",
+        *,
+        refusal: JukinetError | None = None,
     ) -> None:
         entry = AccessEntry(
             at=dt.datetime.now(dt.UTC),
@@ -149,7 +156,9 @@ class Guard:
         except Exception as error:  # never hide the caller's answer behind a logging failure
             log.error("access_log_write_failed", error=repr(error))
         log.warning("rpc_refused", method=method, peer=entry.peer, code=code.name, detail=message)
-        await context.abort(code, message)
+        reason = refusal.reason if refusal is not None else code.name
+        trailer = refusal_trailer(code, message, reason=reason, request_id=request_id, error=refusal)
+        await context.abort(code, message, trailing_metadata=trailer)
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from jukinet.codes import resident_code_from_body
@@ -215,16 +216,24 @@ async def test_node_grpc_js_client_looks_up_a_record(center: Center, node_bin: s
 
 
 @pytest.mark.parametrize(
-    ("purpose", "code", "status"),
+    ("purpose", "code", "status", "reason", "types"),
     [
-        ("passport-issue", ALICE, "PERMISSION_DENIED"),
-        ("pension-benefit", BAD_CHECK_DIGIT, "INVALID_ARGUMENT"),
+        ("passport-issue", ALICE, "PERMISSION_DENIED", "WRONG_PURPOSE", ["google.rpc.ErrorInfo"]),
+        (
+            "pension-benefit",
+            BAD_CHECK_DIGIT,
+            "INVALID_ARGUMENT",
+            "INVALID_FIELD",
+            ["google.rpc.ErrorInfo", "google.rpc.BadRequest"],
+        ),
     ],
 )
 async def test_node_grpc_js_client_gets_the_right_status(
-    center: Center, node_bin: str, purpose: str, code: str, status: str
+    center: Center, node_bin: str, purpose: str, code: str, status: str, reason: str, types: list[str]
 ) -> None:
+    """The status code, the message, and the rich details (decoded by protobufjs, not by our code)."""
     answer = await _node_lookup(center, node_bin, purpose, code)
     assert answer["ok"] is False, answer
     assert answer["code"] == status
     assert answer["details"]
+    assert answer["rich"] == {"code": getattr(grpc.StatusCode, status).value[0], "reason": reason, "types": types}

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from sqlalchemy import select
 
 from jukinet.codes import resident_code_from_body
+from jukinet.rpc.error_details import details_of
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage import queries
 from jukinet.storage.schema import provision_log
@@ -136,6 +138,40 @@ async def test_refusals_are_answered_and_logged(
     assert (latest.peer, latest.outcome, latest.purpose) == (who, status.name, purpose)
     provided = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
     assert provided == []
+
+
+@pytest.mark.parametrize(
+    ("purpose", "code", "reason", "field"),
+    [
+        ("passport-issue", ALICE_NEW, "WRONG_PURPOSE", None),
+        ("pension-benefit", "12345678904", "INVALID_FIELD", "resident_code"),
+        ("pension-benefit", resident_code_from_body("9999999999"), "NOT_FOUND", None),
+    ],
+)
+async def test_refusals_carry_machine_readable_details(
+    center: Center, purpose: str, code: str, reason: str, field: str | None
+) -> None:
+    """google.rpc.Status in the trailer: ErrorInfo with the stable reason and the request id the access log
+    holds; BadRequest naming the field for a malformed one."""
+    async with channel(center.pki, "jukinet://agency/pension", center.node.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await provision_pb2_grpc.ProvisionServiceStub(ch).LookupResident(
+                provision_pb2.LookupResidentRequest(purpose=purpose, resident_code=code),
+                metadata=(("x-request-id", f"req-{reason}"),),
+                timeout=10,
+            )
+    rich = details_of(caught.value.trailing_metadata())
+    assert rich is not None
+    assert (rich.code, rich.message) == (caught.value.code().value[0], caught.value.details())
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert [d.Unpack(info) for d in rich.details if d.Is(info.DESCRIPTOR)] == [True]
+    assert (info.reason, info.domain, info.metadata["request_id"]) == (reason, "jukinet", f"req-{reason}")
+    violations = [
+        d.Unpack(bad) and [v.field for v in bad.field_violations] for d in rich.details if d.Is(bad.DESCRIPTOR)
+    ]
+    assert violations == ([[field]] if field else [])
+    log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=5))
+    assert log[0][1].request_id == f"req-{reason}"
 
 
 async def test_concurrent_lookups_each_get_their_own_answer_and_log_entry(center: Center) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from sqlalchemy import select
 
 from jukinet.codes import resident_code_from_body
+from jukinet.rpc.error_details import details_of
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage.schema import provision_log
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
@@ -207,6 +209,13 @@ async def test_quota_exceeded_is_resource_exhausted_with_a_retry_hint(
                 await stub.LookupResident(request, timeout=10)
             assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "retry in" in (caught.value.details() or "")
+            # The same hint, for programs: google.rpc.RetryInfo, with ErrorInfo naming the reason.
+            rich = details_of(caught.value.trailing_metadata())
+            assert rich is not None
+            assert rich.message == caught.value.details()
+            retry = error_details_pb2.RetryInfo()
+            assert [d.Unpack(retry) for d in rich.details if d.Is(retry.DESCRIPTOR)] == [True]
+            assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1.0
             await asyncio.sleep(1.1)
             call = stub.LookupResidents(
                 iter([provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)] * 3)])
