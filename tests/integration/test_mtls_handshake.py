@@ -3,7 +3,6 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import asyncio
-import datetime
 import socket
 import ssl
 import time
@@ -15,9 +14,6 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # not in grpc-stubs
 
@@ -34,6 +30,7 @@ from jukinet.pki import (
     peer_node_id,
     server_credentials,
 )
+from tests.helpers.certs import custom_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -126,31 +123,7 @@ async def test_client_from_another_ca_is_refused(server: Server, tmp_path: Path)
 
 def _issue_with_uri(pki: Path, uri: str) -> tuple[bytes, bytes]:
     """A certificate from the network CA whose URI SAN is not a jukinet identity."""
-    ca_cert = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+    return custom_certificate(pki, "intruder", [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")])
 
 
 async def test_certificate_without_jukinet_uri_is_unauthenticated(server: Server) -> None:

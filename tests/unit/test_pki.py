@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jukinet.domain import NodeId, Role, UnauthenticatedError
 from jukinet.domain.identity import server_for
 from jukinet.pki import CertPaths, create_ca, ensure, issue, paths_for, peer_node_id, server_name
+from tests.helpers.certs import custom_certificate
 
 MUNI = NodeId(Role.MUNICIPALITY, "132080")
 
@@ -142,38 +143,16 @@ def test_ensure_reissues_a_node_certificate_without_its_server_name(pki: Path) -
 
 def _legacy_certificate(pki: Path, identity: NodeId) -> bytes:
     """A certificate as issued before server names: URI, localhost and 127.0.0.1 only."""
-    ca = _cert(pki / "ca.pem")
-    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.uri)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(identity.uri),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    sans = [
+        x509.UniformResourceIdentifier(identity.uri),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    key_pem, cert_pem = custom_certificate(pki, identity.uri, sans)
     paths = paths_for(pki, identity)
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    paths.cert.write_bytes(pem)
-    paths.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return pem
+    paths.cert.write_bytes(cert_pem)
+    paths.key.write_bytes(key_pem)
+    return cert_pem
 
 
 @pytest.mark.parametrize(
