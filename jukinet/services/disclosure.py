@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from jukinet.domain.errors import InvalidField, NotFoundError
-from jukinet.domain.model import ChangeEvent, ChangeReason, Registration
+from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.domain.registry_state import CurrentRecord, Status, current_record
 from jukinet.domain.validate import JST
+from jukinet.services.history import MAX_CODE_CHANGES, whole_history
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
-
-MAX_CODE_CHANGES = 32  # a resident's chain of codes is short; bound both walks anyway
 
 
 class DisclosureTx(Protocol):
@@ -85,7 +84,7 @@ def disclose(
         record = current_record(tx.registrations_of([record.replaced_by]).get(record.replaced_by, []))
     if record is None or record.status is Status.RETIRED:
         raise NotFoundError(f"no resident is recorded under 住民票コード {code}")
-    history = _whole_history(tx, forward)
+    history = whole_history(tx, forward)
     chain = list(dict.fromkeys([*(e.resident_code for e in history), *forward]))
     page = tx.provisions_of(chain, since=period.since, until=period.until, after_id=after_id, limit=limit + 1)
     tx.append_access(
@@ -101,17 +100,3 @@ def disclose(
         ]
     )
     return Disclosure(record, chain, history, page[:limit], len(page) > limit)
-
-
-def _whole_history(tx: DisclosureTx, forward: list[str]) -> list[ChangeEvent]:
-    """Every event under every code of the resident: adds the codes they had before (a code change is
-    recorded under the new code, its previous_code naming the retired one)."""
-    codes = set(forward)
-    events = tx.events_of(sorted(codes))
-    for _ in range(MAX_CODE_CHANGES):
-        earlier = {e.previous_code for e in events if e.reason is ChangeReason.CODE_CHANGE and e.previous_code}
-        if earlier <= codes:
-            break
-        codes |= earlier
-        events = tx.events_of(sorted(codes))
-    return events

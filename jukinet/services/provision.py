@@ -14,10 +14,10 @@ from jukinet.domain.errors import InvalidField, JukinetError, NotFoundError, Sea
 from jukinet.domain.model import ChangeEvent, Effect, Registration, effect_of
 from jukinet.domain.normalize import search_key
 from jukinet.domain.registry_state import CurrentRecord, Status, current_record
+from jukinet.services.history import MAX_CODE_CHANGES, whole_histories, whole_history
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
 
-MAX_CODE_CHANGES = 32  # a resident's chain of retired codes is short; bound the walk anyway
 MAX_SEARCH_RESULTS = 10  # more matches than this: ask for more keys, never a truncated list
 ALLOWED_KEY_SETS = "name + birth_date + sex, or name + address"
 
@@ -122,7 +122,7 @@ def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided
         except NotFoundError as error:
             results.append(error)
             continue
-        history = tx.events_of(chain) if "history" in r.purpose.fields else []
+        history = whole_history(tx, chain) if "history" in r.purpose.fields else []
         results.append(Provided(record, r.purpose.fields, history))
         provisions.append(_provision(r.now, r.call, r.agency, r.purpose, record.resident_code, "lookup"))
         accesses.append(_access(r.call, r.now, r.purpose, [r.code, record.resident_code], "OK"))
@@ -160,21 +160,13 @@ def bulk_lookup(
         results.append(BulkItem(code, Provided(record, fields, []), None))
         provided.append(record.resident_code)
     if "history" in fields and chains:
-        history: dict[str, list[ChangeEvent]] = {}
-        for event in tx.events_of({c for _, chain in chains for c in chain}):
-            history.setdefault(event.resident_code, []).append(event)
-        for index, chain in chains:
+        for (index, _), events in zip(chains, whole_histories(tx, [chain for _, chain in chains]), strict=True):
             item = results[index]
             assert item.provided is not None  # noqa: S101 - set above for every entry of `chains`
-            events = _events_of_chain(chain, history)
             results[index] = BulkItem(item.requested, Provided(item.provided.record, fields, events), None)
     tx.append_provisions_for(_provision(now, call, agency, purpose, "", "bulk"), provided)
     tx.append_access([_access(call, now, purpose, valid, "OK")])
     return results
-
-
-def _events_of_chain(chain: Sequence[str], history: dict[str, list[ChangeEvent]]) -> list[ChangeEvent]:
-    return sorted((e for c in chain for e in history.get(c, [])), key=lambda e: (e.recorded_at, e.origin, e.seq))
 
 
 def parse_search(name: str, birth_date: str, sex: int, address: str) -> SearchKeys:
@@ -221,11 +213,10 @@ def search(
             f"(allowed key sets: {ALLOWED_KEY_SETS})"
         )
     found = sorted(matches.values(), key=lambda r: r.resident_code)
-    history: dict[str, list[ChangeEvent]] = {}
-    if "history" in purpose.fields and found:
-        for event in tx.events_of([r.resident_code for r in found]):
-            history.setdefault(event.resident_code, []).append(event)
-    provided = [Provided(r, purpose.fields, history.get(r.resident_code, [])) for r in found]
+    histories = (
+        whole_histories(tx, [[r.resident_code] for r in found]) if "history" in purpose.fields else [[]] * len(found)
+    )
+    provided = [Provided(r, purpose.fields, history) for r, history in zip(found, histories, strict=True)]
     tx.append_provisions([_provision(now, call, agency, purpose, r.resident_code, "search") for r in found])
     tx.append_access([_access(call, now, purpose, [r.resident_code for r in found], "OK")])
     return provided

@@ -73,6 +73,20 @@ async def test_a_retired_code_answers_with_the_current_record_and_its_history(ce
     ]
 
 
+async def test_the_current_code_answers_with_the_history_under_its_earlier_codes(center: Center) -> None:
+    """Asked by the code that replaced ALICE, the history still starts under ALICE: the same person's
+    history, whichever of their codes an agency holds."""
+    by_new, by_old = (
+        await _lookup(center, "pension-benefit", ALICE_NEW),
+        await _lookup(center, "pension-benefit", ALICE),
+    )
+    assert [(h.reason, h.resident_code) for h in by_new.history] == [
+        (R.CHANGE_REASON_EX_OFFICIO_RECORD, ALICE),
+        (R.CHANGE_REASON_CODE_CHANGE, ALICE_NEW),
+    ]
+    assert by_new == by_old
+
+
 async def test_a_purpose_receives_only_its_fields(center: Center) -> None:
     record = await _lookup(center, "pension-proof-of-life", BOB)
     assert record.status == provision_pb2.RESIDENT_STATUS_DELETED
@@ -103,9 +117,9 @@ async def test_bulk_answers_with_history_as_lookups_do_and_logs_each_record(cent
     for code, result in zip(codes, results, strict=True):
         if result.status_code == 0:
             assert result.record == await _lookup(center, "pension-benefit", code)
-    # By the retired code: its events and the new code's. By the new code: the new code's (its code-change
-    # event names the previous code).
-    assert [len(results[i].record.history) for i in (0, 1, 3)] == [2, 2, 1]
+    # The same whole history by the retired code and by the current one.
+    assert [len(results[i].record.history) for i in (0, 1, 3)] == [2, 2, 2]
+    assert results[0].record.history == results[3].record.history
     rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
     bulk = [(r.resident_code, r.purpose) for r in rows if r.channel == "bulk"]
     assert bulk == [(ALICE_NEW, "pension-benefit"), (BOB, "pension-benefit"), (ALICE_NEW, "pension-benefit")]
