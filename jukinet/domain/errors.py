@@ -1,4 +1,5 @@
-"""Domain errors. Each declares a stable `reason`; jukinet.rpc.errors maps classes to gRPC codes."""
+"""Domain errors. Each declares a stable `reason` and the canonical status `code` the guard (jukinet.rpc.guard)
+answers it with; the reason also travels as google.rpc.ErrorInfo (jukinet.rpc.error_details)."""
 
 from typing import ClassVar
 
