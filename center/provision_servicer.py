@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from jukinet.domain.agency import Agency, AgencyRegistry, Purpose
 from jukinet.domain.errors import InvalidField, NotFoundError
 from jukinet.domain.model import ChangeEvent
-from jukinet.domain.registry_state import Status
+from jukinet.domain.registry_state import ACTIVE
 from jukinet.domain.validate import iso_date, resident_code, text
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
@@ -279,7 +279,7 @@ def fill_record(target: provision_pb2.ProvidedRecord, provided: Provided) -> Non
     items = current.registration.items
     fields = provided.fields
     target.resident_code = current.resident_code
-    active = current.status is Status.ACTIVE
+    active = current.status is ACTIVE
     target.status = provision_pb2.RESIDENT_STATUS_ACTIVE if active else provision_pb2.RESIDENT_STATUS_DELETED
     target.municipality_code = current.holder
     out = target.items

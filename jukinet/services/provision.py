@@ -13,7 +13,7 @@ from jukinet.domain.agency import Agency, Purpose
 from jukinet.domain.errors import InvalidField, JukinetError, NotFoundError, SearchTooBroad
 from jukinet.domain.model import ChangeEvent, Effect, Registration, effect_of
 from jukinet.domain.normalize import search_key
-from jukinet.domain.registry_state import CurrentRecord, Status, current_record
+from jukinet.domain.registry_state import RETIRED, CurrentRecord, Status, current_record
 from jukinet.services.history import MAX_CODE_CHANGES, whole_histories, whole_history
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
@@ -89,10 +89,10 @@ def resolve(regs_by_code: dict[str, list[Registration]], tx: ProvisionTx, code: 
     """The current record for `code`, following retired codes; also the chain of codes walked."""
     chain = [code]
     record = current_record(regs_by_code.get(code, []))
-    while record is not None and record.status is Status.RETIRED and len(chain) <= MAX_CODE_CHANGES:
+    while record is not None and record.status is RETIRED and len(chain) <= MAX_CODE_CHANGES:
         chain.append(record.replaced_by)
         record = current_record(tx.registrations_of([record.replaced_by]).get(record.replaced_by, []))
-    if record is None or record.status is Status.RETIRED:
+    if record is None or record.status is RETIRED:
         raise NotFoundError(f"no resident is recorded under 住民票コード {code}")
     return record, chain
 
