@@ -7,12 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from jukinet.domain.errors import UpstreamUnavailable
 from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import local_gov_code, request_id
 from jukinet.pki import channel_options
 from jukinet.rpc import authz
+from jukinet.rpc.error_details import details_of, refusal_trailer
 from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store
@@ -51,7 +53,12 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
                     ).AllocateCodes(request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0)
             except grpc.aio.AioRpcError as error:
                 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
-                    await context.abort(error.code(), f"center: {error.details()}")
+                    message = f"center: {error.details()}"
+                    upstream = details_of(error.trailing_metadata())
+                    reasons = [info.reason for info in _error_infos(upstream)]
+                    reason = reasons[0] if reasons else error.code().name
+                    trailer = refusal_trailer(error.code(), message, reason=reason, request_id=request.request_id)
+                    await context.abort(error.code(), message, trailing_metadata=trailer)
                 raise UpstreamUnavailable(f"the center did not answer ({error.code().name}); retry later") from None
             now = dt.datetime.now(dt.UTC)
             entries = [
@@ -74,3 +81,12 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
             await self._store.write(lambda conn: SqlTx(conn).append_access(entries))
             return reply
         raise AssertionError("unreachable")
+
+
+def _error_infos(status: status_pb2.Status | None) -> list[error_details_pb2.ErrorInfo]:
+    found: list[error_details_pb2.ErrorInfo] = []
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            found.append(info)
+    return found

@@ -6,11 +6,12 @@ from pathlib import Path
 import grpc
 
 from jukinet.domain.identity import NodeId, server_for
-from jukinet.pki import SECURE_CHANNEL_OPTIONS, channel_credentials, channel_options, paths_for
+from jukinet.pki import channel_credentials, channel_options, paths_for
 
 WRONG_SERVER_HINT = (
-    "the server at that address is not the node this command expects (its certificate names another node):"
-    " check --node, and that --as is an identity of a client of that node"
+    "the server at that address could not prove it is the node this command expects: check --node, and that"
+    " --as is an identity of a client of that node; if it is the right node, its certificate predates server"
+    " names: run `jukinet pki renew` for it"
 )
 
 
@@ -36,5 +37,9 @@ def client_channel(address: str, pki_dir: Path, identity: str, server: str | Non
             f"no certificate for {identity} in {pki_dir}: run `jukinet pki issue --dir {pki_dir} {identity}`"
         )
     expected = NodeId.parse(server) if server is not None else server_for(node)
-    options = channel_options(expected) if expected is not None else SECURE_CHANNEL_OPTIONS
-    return grpc.aio.secure_channel(address, channel_credentials(paths), options=options)
+    if expected is None:
+        raise SystemExit(
+            f"{identity} is not a client of any node that can be named: act as an agency, a register system,"
+            " an operator of a node, a municipality or a prefecture"
+        )
+    return grpc.aio.secure_channel(address, channel_credentials(paths), options=channel_options(expected))

@@ -83,7 +83,8 @@ class QuotaExceeded(JukinetError):
     reason = "QUOTA_EXCEEDED"
     code = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        """`retry_after_s` None: waiting will not help (the request alone is over the quota)."""
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

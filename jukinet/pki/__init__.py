@@ -1,6 +1,6 @@
 """The network PKI: a private ECDSA P-256 CA, node certificates with jukinet:// URI SANs, mTLS credentials."""
 
-from jukinet.pki.ca import CertPaths, create_ca, ensure, issue, paths_for, server_name, slug
+from jukinet.pki.ca import CertPaths, create_ca, ensure, issue, lacks_server_name, paths_for, server_name, slug
 from jukinet.pki.credentials import (
     SECURE_CHANNEL_OPTIONS,
     SECURE_SERVER_OPTIONS,
@@ -25,6 +25,7 @@ __all__ = [
     "create_ca",
     "ensure",
     "issue",
+    "lacks_server_name",
     "paths_for",
     "peer_identity",
     "peer_node_id",

@@ -206,7 +206,8 @@ def issue(
     return paths
 
 
-def _lacks_server_name(cert_path: Path, identity: NodeId) -> bool:
+def lacks_server_name(cert_path: Path, identity: NodeId) -> bool:
+    """Whether a node's certificate predates server names (its clients would refuse it)."""
     if not identity.serves:
         return False
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -229,7 +230,7 @@ def ensure(
     """Like `issue`, but only if the certificate or key file is missing, or a node's certificate lacks its
     `server_name` (issued before clients verified it)."""
     paths = paths_for(pki_dir, identity)
-    if paths.cert.exists() and paths.key.exists() and not _lacks_server_name(paths.cert, identity):
+    if paths.cert.exists() and paths.key.exists() and not lacks_server_name(paths.cert, identity):
         return paths
     return issue(
         pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses, role=role

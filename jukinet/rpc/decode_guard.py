@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from jukinet.domain.errors import InvalidField
+from jukinet.rpc.error_details import refusal_trailer
 
 
 class Undecodable:
@@ -44,6 +45,14 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
+async def _refuse_undecodable(context: grpc.aio.ServicerContext[Any, Any], request: Undecodable) -> None:
+    message = f"request {request.message}"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    error = InvalidField("request", request.message)
+    trailer = refusal_trailer(code, message, reason=error.reason, request_id="", error=error)
+    await context.abort(code, message, trailing_metadata=trailer)
+
+
 def lenient(handler: Any) -> Any:
     """The same method handler, with a lenient request parser and a handler that refuses what it could not parse."""
     if handler is None or handler.request_deserializer is None:
@@ -55,7 +64,7 @@ def lenient(handler: Any) -> Any:
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {request.message}")
+                await _refuse_undecodable(context, request)
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
@@ -64,7 +73,7 @@ def lenient(handler: Any) -> Any:
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {request.message}")
+                await _refuse_undecodable(context, request)
             async for response in inner_us(request, context):
                 yield response
 

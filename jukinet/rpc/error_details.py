@@ -8,7 +8,11 @@ status.FromError read), holding:
   see jukinet.domain.errors), domain "jukinet", and the request id, so a program can branch on the reason
   and an operator can find the access-log entry;
 - `google.rpc.BadRequest` for a malformed field: which field and what is wrong with it;
-- `google.rpc.RetryInfo` for a quota: how long to wait before retrying.
+- `google.rpc.RetryInfo` for a quota that waiting will lift: how long to wait before retrying (none when the
+  request alone is over the daily quota: it must be split).
+
+The guard answers refusals with these details; so do the lenient request parser (an undecodable request)
+and a prefecture relaying the center's refusal of a code-pool request.
 """
 
 import datetime as dt
@@ -29,12 +33,13 @@ def refusal_trailer(
 ) -> Trailer:
     """The trailing metadata of a refusal; `message` must be the details the call is aborted with."""
     status = status_pb2.Status(code=code.value[0], message=message)
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata={"request_id": request_id})
+    metadata = {"request_id": request_id} if request_id else {}
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
     status.details.add().Pack(info)
     if isinstance(error, InvalidField):
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    if isinstance(error, QuotaExceeded):
+    if isinstance(error, QuotaExceeded) and error.retry_after_s is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromTimedelta(dt.timedelta(seconds=max(0.0, error.retry_after_s)))
         status.details.add().Pack(retry)

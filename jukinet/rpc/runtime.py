@@ -18,7 +18,15 @@ from grpc_reflection.v1alpha import reflection
 
 from jukinet.config import NodeConfig
 from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
-from jukinet.pki import SECURE_SERVER_OPTIONS, CertPaths, RevocationList, paths_for, server_credentials
+from jukinet.pki import (
+    SECURE_SERVER_OPTIONS,
+    CertPaths,
+    RevocationList,
+    lacks_server_name,
+    paths_for,
+    server_credentials,
+    server_name,
+)
 from jukinet.rpc.decode_guard import LenientServer
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
@@ -100,6 +108,13 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     for required in (paths.cert, paths.key, paths.ca):
         if not required.exists():
             raise SystemExit(f"missing {required}: create the PKI first (jukinet pki init --dir {config.pki_dir})")
+    if lacks_server_name(paths.cert, config.identity):  # clients check it: they will refuse this node
+        log.warning(
+            "certificate_without_server_name",
+            cert=str(paths.cert),
+            expected=server_name(config.identity),
+            fix=f"jukinet pki renew --dir {config.pki_dir} {config.identity.uri}",
+        )
     store = Store(config.database)
     metrics = NodeMetrics()
     switch = LinkSwitch(config.identity.uri, store.read_sync(load_reason))

@@ -165,7 +165,7 @@ def bulk_lookup(
             assert item.provided is not None  # noqa: S101 - set above for every entry of `chains`
             results[index] = BulkItem(item.requested, Provided(item.provided.record, fields, events), None)
     tx.append_provisions_for(_provision(now, call, agency, purpose, "", "bulk"), provided)
-    tx.append_access([_access(call, now, purpose, valid, "OK")])
+    tx.append_access([_access(call, now, purpose, [*valid, *provided], "OK")])
     return results
 
 

@@ -49,6 +49,12 @@ class Quotas:
                     wait,
                 )
             state.tokens -= 1.0
+        if agency.items_per_day > 0 and items > agency.items_per_day:
+            raise QuotaExceeded(
+                f"a request of {items} items is over agency {agency.id}'s whole daily quota of "
+                f"{agency.items_per_day}; split it into smaller requests",
+                None,
+            )
         if agency.items_per_day > 0 and state.items + items > agency.items_per_day:
             midnight = dt.datetime.combine(self.today() + dt.timedelta(days=1), dt.time(), JST)
             wait = max(1.0, (midnight - dt.datetime.now(JST)).total_seconds())

@@ -221,6 +221,7 @@ async def test_client_refuses_a_node_that_is_not_the_one_it_expects(server: Serv
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _call_expecting(server.port, client, NodeId(Role.PREFECTURE, "13"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+    assert await _call_expecting(server.port, client, CENTER) == MUNI.uri  # the same client, the right name
 
 
 async def test_another_prefectures_certificate_cannot_impersonate_ours(tmp_path: Path) -> None:

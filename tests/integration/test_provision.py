@@ -98,7 +98,9 @@ async def test_a_purpose_receives_only_its_fields(center: Center) -> None:
 
 async def test_every_answer_is_provision_logged(center: Center) -> None:
     await _lookup(center, "pension-proof-of-life", BOB)
-    rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    rows = await center.node.ctx.store.read(
+        lambda c: list(c.execute(select(provision_log).order_by(provision_log.c.id)))
+    )
     assert [(r.agency, r.purpose, r.resident_code, r.fields) for r in rows] == [
         ("pension", "pension-proof-of-life", BOB, "address birth_date name")
     ]
@@ -120,10 +122,15 @@ async def test_bulk_answers_with_history_as_lookups_do_and_logs_each_record(cent
     # The same whole history by the retired code and by the current one.
     assert [len(results[i].record.history) for i in (0, 1, 3)] == [2, 2, 2]
     assert results[0].record.history == results[3].record.history
-    rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    rows = await center.node.ctx.store.read(
+        lambda c: list(c.execute(select(provision_log).order_by(provision_log.c.id)))
+    )
     bulk = [(r.resident_code, r.purpose) for r in rows if r.channel == "bulk"]
     assert bulk == [(ALICE_NEW, "pension-benefit"), (BOB, "pension-benefit"), (ALICE_NEW, "pension-benefit")]
     assert {r.fields for r in rows if r.channel == "bulk"} == {"address alias birth_date history name sex"}
+    log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=20))
+    [bulk_entry] = [e for _, e in log if e.method.endswith("/LookupResidents")]
+    assert set(bulk_entry.subjects) == {ALICE, BOB, ALICE_NEW}  # as asked, and the current code provided
 
 
 @pytest.mark.parametrize(
@@ -150,7 +157,9 @@ async def test_refusals_are_answered_and_logged(
     log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=5))
     latest = log[0][1]
     assert (latest.peer, latest.outcome, latest.purpose) == (who, status.name, purpose)
-    provided = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    provided = await center.node.ctx.store.read(
+        lambda c: list(c.execute(select(provision_log).order_by(provision_log.c.id)))
+    )
     assert provided == []
 
 
@@ -188,6 +197,26 @@ async def test_refusals_carry_machine_readable_details(
     assert log[0][1].request_id == f"req-{reason}"
 
 
+async def test_an_undecodable_request_carries_the_same_details(center: Center) -> None:
+    """Refused by the lenient parser before the guard runs: still INVALID_FIELD, naming the request."""
+    async with channel(center.pki, "jukinet://agency/pension", center.node.address) as ch:
+        raw = ch.unary_unary(
+            "/jukinet.wire.v1.ProvisionService/LookupResident",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw(b"\x0a\x02\xff\xfe", timeout=10)  # field 1 (purpose): invalid UTF-8
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    rich = details_of(caught.value.trailing_metadata())
+    assert rich is not None
+    assert rich.message == caught.value.details()
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert [d.Unpack(info) for d in rich.details if d.Is(info.DESCRIPTOR)] == [True]
+    assert info.reason == "INVALID_FIELD"
+    assert [[v.field for v in bad.field_violations] for d in rich.details if d.Unpack(bad)] == [["request"]]
+
+
 async def test_concurrent_lookups_each_get_their_own_answer_and_log_entry(center: Center) -> None:
     """Concurrent calls share store jobs (WriteBatcher): each caller still gets its own record or its own
     NOT_FOUND, and each found one leaves exactly one provision entry and one access entry of its call."""
@@ -210,7 +239,9 @@ async def test_concurrent_lookups_each_get_their_own_answer_and_log_entry(center
         answers = await asyncio.gather(*(one(i, code) for i, code in enumerate(wanted)))
     expected = {ALICE_NEW: ALICE_NEW, unknown: "NOT_FOUND", BOB: BOB, ALICE: ALICE_NEW}
     assert answers == [expected[code] for code in wanted]
-    rows = await center.node.ctx.store.read(lambda c: list(c.execute(select(provision_log))))
+    rows = await center.node.ctx.store.read(
+        lambda c: list(c.execute(select(provision_log).order_by(provision_log.c.id)))
+    )
     found = {f"call-{i}": expected[code] for i, code in enumerate(wanted) if code != unknown}
     assert sorted((r.request_id, r.resident_code) for r in rows) == sorted(found.items())
     log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=100))

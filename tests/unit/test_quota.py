@@ -27,6 +27,7 @@ def test_requests_per_second_refill_over_time() -> None:
     quotas.charge(agency, 1)
     with pytest.raises(QuotaExceeded) as caught:
         quotas.charge(agency, 1)
+    assert caught.value.retry_after_s is not None
     assert 0 < caught.value.retry_after_s <= 0.5
     clock.now += 0.5
     quotas.charge(agency, 1)
@@ -63,3 +64,13 @@ def test_a_rate_jump_far_above_the_agency_baseline_is_flagged_once() -> None:
     assert len(hits) == 1
     assert hits[0] > 10
     assert watch.observe("passport") is None  # baselines are per agency
+
+
+def test_a_request_over_the_whole_daily_quota_is_refused_without_a_retry_time() -> None:
+    """Waiting for midnight cannot help a request larger than the day's quota: no retry time, split it."""
+    agency = Agency("a", "A", {}, items_per_day=10)
+    quotas = _quotas(Clock())
+    with pytest.raises(QuotaExceeded, match="split it") as caught:
+        quotas.charge(agency, 11)
+    assert caught.value.retry_after_s is None
+    quotas.charge(agency, 10)  # nothing was counted for the refused request

@@ -15,7 +15,7 @@ _dates = st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31)
 _instants = st.datetimes(
     min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC)
 )
-_items = st.builds(
+_items = st.builds(  # keywords throughout: the readers under test build these positionally
     IdentityItems,
     name=_text,
     birth_date=_dates,
@@ -47,7 +47,17 @@ def test_registration_reads_back_equal(
     seq: int,
     replaced_by: str,
 ) -> None:
-    reg = Registration(code, municipality, items, active, reason, effective, recorded, seq, replaced_by)
+    reg = Registration(
+        resident_code=code,
+        municipality=municipality,
+        items=items,
+        active=active,
+        reason=reason,
+        effective_date=effective,
+        recorded_at=recorded,
+        seq=seq,
+        replaced_by=replaced_by,
+    )
     assert rows.registration_from_tuple(rows.registration_tuple(reg)) == reg
 
 
@@ -73,5 +83,14 @@ def test_event_reads_back_equal(
     items: IdentityItems,
     request_id: str | None,
 ) -> None:
-    event = ChangeEvent(origin, seq, code, reason, effective, recorded, items, previous)
+    event = ChangeEvent(
+        origin=origin,
+        seq=seq,
+        resident_code=code,
+        reason=reason,
+        effective_date=effective,
+        recorded_at=recorded,
+        items=items,
+        previous_code=previous,
+    )
     assert rows.event_from_tuple(rows.event_tuple(event, request_id)) == event
