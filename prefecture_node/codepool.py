@@ -9,12 +9,12 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from jukinet.domain.errors import UpstreamUnavailable
+from jukinet.domain.errors import UpstreamRefusedArgument, UpstreamRefusedPermission, UpstreamUnavailable
 from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import local_gov_code, request_id
 from jukinet.pki import channel_options
 from jukinet.rpc import authz
-from jukinet.rpc.error_details import details_of, refusal_trailer
+from jukinet.rpc.error_details import details_of
 from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store
@@ -52,13 +52,13 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
                         channel
                     ).AllocateCodes(request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0)
             except grpc.aio.AioRpcError as error:
-                if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
-                    message = f"center: {error.details()}"
-                    upstream = details_of(error.trailing_metadata())
-                    reasons = [info.reason for info in _error_infos(upstream)]
-                    reason = reasons[0] if reasons else error.code().name
-                    trailer = refusal_trailer(error.code(), message, reason=reason, request_id=request.request_id)
-                    await context.abort(error.code(), message, trailing_metadata=trailer)
+                # The guard answers (and access-logs) the center's refusal as this node's own.
+                reasons = [info.reason for info in _error_infos(details_of(error.trailing_metadata()))]
+                message = f"the center refused it ({reasons[0] if reasons else error.code().name}): {error.details()}"
+                if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                    raise UpstreamRefusedArgument(message) from None
+                if error.code() is grpc.StatusCode.PERMISSION_DENIED:
+                    raise UpstreamRefusedPermission(message) from None
                 raise UpstreamUnavailable(f"the center did not answer ({error.code().name}); retry later") from None
             now = dt.datetime.now(dt.UTC)
             entries = [

@@ -123,6 +123,20 @@ class CodePoolExhausted(JukinetError):
     code = "UNAVAILABLE"
 
 
+class UpstreamRefusedArgument(JukinetError):
+    """The next tier refused a request relayed to it as malformed; the message carries its words."""
+
+    reason = "UPSTREAM_REFUSED"
+    code = "INVALID_ARGUMENT"
+
+
+class UpstreamRefusedPermission(JukinetError):
+    """The next tier refused a request relayed to it as not permitted; the message carries its words."""
+
+    reason = "UPSTREAM_REFUSED"
+    code = "PERMISSION_DENIED"
+
+
 class UpstreamUnavailable(JukinetError):
     """The next tier cannot be reached; retry later (the only error clients retry by themselves)."""
 

@@ -11,8 +11,8 @@ status.FromError read), holding:
 - `google.rpc.RetryInfo` for a quota that waiting will lift: how long to wait before retrying (none when the
   request alone is over the daily quota: it must be split).
 
-The guard answers refusals with these details; so do the lenient request parser (an undecodable request)
-and a prefecture relaying the center's refusal of a code-pool request.
+The guard answers refusals with these details (a prefecture relaying the center's refusal of a code-pool
+request too, as UPSTREAM_REFUSED); so does the lenient request parser, for an undecodable request.
 """
 
 import datetime as dt

@@ -2,16 +2,22 @@
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2
 from sqlalchemy import func, select
 
 from center.codepool import allocate
 from jukinet.codes import valid_resident_code
 from jukinet.domain.errors import InvalidField
+from jukinet.rpc.error_details import details_of
 from jukinet.services.relay import CallInfo
-from jukinet.storage import make_engine
+from jukinet.storage import make_engine, queries
 from jukinet.storage.schema import issued_code
+from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
+from tests.helpers.nodes import channel, start
 
 CALL = CallInfo("jukinet://prefecture/13", "r", "/jukinet.wire.v1.CodePoolService/AllocateCodes")
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
@@ -42,3 +48,33 @@ def test_a_repeated_request_returns_the_same_pool(db_factory: Callable[[str], st
         with pytest.raises(InvalidField):
             allocate(conn, request="same", municipality="132187", count=50, call=CALL, now=NOW)
     engine.dispose()
+
+
+async def test_a_prefecture_answers_and_logs_the_centers_refusal_as_its_own(pki_dir: Path, tmp_path: Path) -> None:
+    """The prefecture relays a pool request the center refuses (a count out of range): the municipality gets
+    INVALID_ARGUMENT with the center's words and reason, and the prefecture's access log records it."""
+    center = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", pki_dir)
+    prefecture = await start("prefecture", "13", f"sqlite:///{tmp_path / 'p.db'}", pki_dir, upstream=center.address)
+    try:
+        async with channel(pki_dir, "jukinet://municipality/132080", prefecture.address) as ch:
+            request = codepool_pb2.AllocateCodesRequest(
+                request_id="too-many", municipality_code="132080", count=10_000_000
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await codepool_pb2_grpc.CodePoolServiceStub(ch).AllocateCodes(
+                    request, metadata=(("x-request-id", "too-many"),), timeout=30
+                )
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        details = caught.value.details() or ""
+        assert details.startswith("the center refused it (INVALID_FIELD): count: must be between 1 and"), details
+        rich = details_of(caught.value.trailing_metadata())
+        assert rich is not None
+        info = error_details_pb2.ErrorInfo()
+        assert [d.Unpack(info) for d in rich.details if d.Is(info.DESCRIPTOR)] == [True]
+        assert info.reason == "UPSTREAM_REFUSED"
+        log = await prefecture.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=10))
+        refused = [e for _, e in log if e.method.endswith("/AllocateCodes") and e.direction == "served"]
+        assert [(e.request_id, e.outcome) for e in refused] == [("too-many", "INVALID_ARGUMENT")]
+    finally:
+        await prefecture.stop()
+        await center.stop()
