@@ -2,14 +2,15 @@
 
 grpcio parses requests before any handler runs and answers a parse failure with UNKNOWN (unary) or
 INTERNAL (streams). This module parses leniently instead and lets the handler's edge refuse the
-message with a status a caller can act on (streams: through the call guard, so it is logged too).
+message with a status a caller can act on, access-logged like any refusal: streams through the call
+guard, unary calls through the `refuse` hook LenientServer is given (the node's Guard.refuse_undecodable).
 
 The wrapping happens once, when a servicer is registered (LenientServer), not per call: a grpc.aio server
 interceptor runs a coroutine chain on every call, which cost about a tenth of a unary lookup's CPU."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -45,15 +46,22 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-async def _refuse_undecodable(context: grpc.aio.ServicerContext[Any, Any], request: Undecodable) -> None:
-    message = f"request {request.message}"
-    code = grpc.StatusCode.INVALID_ARGUMENT
+# Answers (aborts) an undecodable unary request: context, full method name, what is wrong with it.
+Refuse = Callable[["grpc.aio.ServicerContext[Any, Any]", str, str], Awaitable[None]]
+
+
+async def _refuse_undecodable(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, request: Undecodable, refuse: Refuse | None
+) -> None:
+    if refuse is not None:
+        await refuse(context, method, request.message)  # aborts
     error = InvalidField("request", request.message)
-    trailer = refusal_trailer(code, message, reason=error.reason, request_id="", error=error)
-    await context.abort(code, message, trailing_metadata=trailer)
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    trailer = refusal_trailer(code, str(error), reason=error.reason, request_id="", error=error)
+    await context.abort(code, str(error), trailing_metadata=trailer)
 
 
-def lenient(handler: Any) -> Any:
+def lenient(handler: Any, method: str = "", refuse: Refuse | None = None) -> Any:
     """The same method handler, with a lenient request parser and a handler that refuses what it could not parse."""
     if handler is None or handler.request_deserializer is None:
         return handler
@@ -64,7 +72,7 @@ def lenient(handler: Any) -> Any:
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, Undecodable):
-                await _refuse_undecodable(context, request)
+                await _refuse_undecodable(context, method, request, refuse)
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
@@ -73,7 +81,7 @@ def lenient(handler: Any) -> Any:
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
-                await _refuse_undecodable(context, request)
+                await _refuse_undecodable(context, method, request, refuse)
             async for response in inner_us(request, context):
                 yield response
 
@@ -99,15 +107,16 @@ def lenient(handler: Any) -> Any:
 class _LenientGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler whose method handlers are wrapped once per method and reused."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any]) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], refuse: Refuse | None) -> None:
         self._inner = inner
+        self._refuse = refuse
         self._wrapped: dict[str, Any] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            wrapped = lenient(self._inner.service(handler_call_details))
+            wrapped = lenient(self._inner.service(handler_call_details), method, self._refuse)
             if wrapped is not None and len(self._wrapped) < 1024:
                 self._wrapped[method] = wrapped
         return wrapped
@@ -117,13 +126,14 @@ class LenientServer:
     """Stands in for a grpc.aio.Server when servicers are added (`add_*Servicer_to_server(servicer,
     LenientServer(server))`): every method handler they register parses leniently."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, refuse: Refuse | None = None) -> None:
         self._server = server
+        self._refuse = refuse
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_LenientGeneric(h) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_LenientGeneric(h, self._refuse) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, handlers: Mapping[str, Any]) -> None:
         self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            service_name, {name: lenient(h) for name, h in handlers.items()}
+            service_name, {name: lenient(h, f"/{service_name}/{name}", self._refuse) for name, h in handlers.items()}
         )

@@ -16,6 +16,7 @@ import structlog
 from jukinet.domain.errors import (
     CertificateExpired,
     CertificateRevoked,
+    InvalidField,
     JukinetError,
     UnauthenticatedError,
     WrongRole,
@@ -119,6 +120,23 @@ class Guard:
             )
         finally:
             self._metrics.count_rpc(short, code.name, time.perf_counter() - started)
+
+    async def refuse_undecodable(self, context: grpc.aio.ServicerContext[Any, Any], method: str, problem: str) -> None:
+        """A unary request grpcio could not decode (jukinet.rpc.decode_guard): answered INVALID_ARGUMENT and
+        access-logged under the caller's identity, like a refusal inside `call`."""
+        started = time.perf_counter()
+        request_id = _request_id(context)
+        try:
+            peer = peer_identity(context)[0].uri
+        except JukinetError:
+            peer = ""
+        error = InvalidField("request", problem)
+        self._metrics.refused_calls.labels(error.reason).inc()
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        try:
+            await self._refuse(context, method, peer, request_id, code, str(error), refusal=error)
+        finally:
+            self._metrics.count_rpc(method.rsplit("/", 1)[-1], code.name, time.perf_counter() - started)
 
     def _check_certificate(self, cert: PeerCertificate, caller: NodeId, method: str) -> None:
         """Revocation and expiry on every call (grpcio has no CRL option), and the operator's role."""

@@ -28,6 +28,7 @@ from jukinet.pki import (
     server_name,
 )
 from jukinet.rpc.decode_guard import LenientServer
+from jukinet.rpc.guard import Guard
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
@@ -135,8 +136,9 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    # Every servicer registers through LenientServer: undecodable requests become INVALID_ARGUMENT.
-    registrar = cast(grpc.aio.Server, LenientServer(server))
+    # Every servicer registers through LenientServer: undecodable requests become INVALID_ARGUMENT, logged.
+    refusals = Guard(store, metrics, {}, switch, ctx.revocations)
+    registrar = cast(grpc.aio.Server, LenientServer(server, refuse=refusals.refuse_undecodable))
     for add in parts.add_servicers:
         add(registrar)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -198,7 +198,8 @@ async def test_refusals_carry_machine_readable_details(
 
 
 async def test_an_undecodable_request_carries_the_same_details(center: Center) -> None:
-    """Refused by the lenient parser before the guard runs: still INVALID_FIELD, naming the request."""
+    """Refused by the lenient parser before the servicer runs: still INVALID_FIELD naming the request, and
+    access-logged under the caller's identity."""
     async with channel(center.pki, "jukinet://agency/pension", center.node.address) as ch:
         raw = ch.unary_unary(
             "/jukinet.wire.v1.ProvisionService/LookupResident",
@@ -215,6 +216,14 @@ async def test_an_undecodable_request_carries_the_same_details(center: Center) -
     assert [d.Unpack(info) for d in rich.details if d.Is(info.DESCRIPTOR)] == [True]
     assert info.reason == "INVALID_FIELD"
     assert [[v.field for v in bad.field_violations] for d in rich.details if d.Unpack(bad)] == [["request"]]
+    log = await center.node.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=5))
+    latest = log[0][1]
+    assert (latest.peer, latest.method, latest.outcome) == (
+        "jukinet://agency/pension",
+        "/jukinet.wire.v1.ProvisionService/LookupResident",
+        "INVALID_ARGUMENT",
+    )
+    assert latest.request_id == info.metadata["request_id"]
 
 
 async def test_concurrent_lookups_each_get_their_own_answer_and_log_entry(center: Center) -> None:
