@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from jukinet.codes import resident_code_from_body
-from jukinet.domain.identity import NodeId
-from jukinet.pki import paths_for
+from jukinet.domain.identity import NodeId, Role
+from jukinet.pki import paths_for, server_name
 from jukinet.rpc.runtime import RunningNode
 from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc
 from tests.helpers.nodes import AGENCIES, REPO, channel, event, start
@@ -29,6 +29,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOOLS = REPO / "tools"
 BUF = TOOLS / "node_modules" / ".bin" / "buf"
 LOOKUP_JS = TOOLS / "clients" / "lookup.js"
+CENTER_NAME = server_name(NodeId(Role.CENTER))  # center.jukinet.invalid
 METHOD = "jukinet.wire.v1.ProvisionService/LookupResident"
 CLIENT_TIMEOUT = 60.0
 
@@ -124,6 +125,8 @@ async def _buf_curl(c: Center, path: str, *extra: str) -> Result:
         "curl",
         "--protocol",
         "grpc",
+        "--servername",  # verify the node's server name, as jukinet's own clients do
+        CENTER_NAME,
         "--cacert",
         tls["ca"],
         "--cert",
@@ -142,13 +145,17 @@ async def _buf_lookup(c: Center, purpose: str, code: str) -> Result:
     return await _buf_curl(c, METHOD, "-d", body)
 
 
-async def _node_lookup(c: Center, node_bin: str, purpose: str, code: str) -> dict[str, Any]:
+async def _node_lookup(
+    c: Center, node_bin: str, purpose: str, code: str, servername: str = "center.jukinet.invalid"
+) -> dict[str, Any]:
     tls = c.agency_tls()
     result = await _run(
         node_bin,
         str(LOOKUP_JS),
         "--address",
         f"127.0.0.1:{c.port}",
+        "--servername",
+        servername,
         "--ca",
         tls["ca"],
         "--cert",
@@ -237,3 +244,12 @@ async def test_node_grpc_js_client_gets_the_right_status(
     assert answer["code"] == status
     assert answer["details"]
     assert answer["rich"] == {"code": getattr(grpc.StatusCode, status).value[0], "reason": reason, "types": types}
+
+
+async def test_node_grpc_js_client_refuses_a_center_it_was_not_told_to_expect(center: Center, node_bin: str) -> None:
+    """An independent TLS stack checks the node name too: expecting prefecture 13, the client refuses the
+    center's certificate and sends nothing."""
+    answer = await _node_lookup(center, node_bin, "pension-benefit", ALICE, servername="prefecture-13.jukinet.invalid")
+    assert answer["ok"] is False, answer
+    assert answer["code"] == "UNAVAILABLE"
+    assert (await _node_lookup(center, node_bin, "pension-benefit", ALICE))["ok"] is True

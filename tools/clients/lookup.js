@@ -5,7 +5,7 @@
 // of the grpc-status-details-bin trailer, decoded with protobufjs; null when the server sent none),
 // and exits 0 either way; exits 2 only on bad usage or when it cannot even load the proto or the certificates.
 //   node tools/clients/lookup.js --address 127.0.0.1:PORT --ca ca.pem --cert agency-pension.pem \
-//     --key agency-pension.key --purpose pension-benefit --code 12345678901
+//     --key agency-pension.key --purpose pension-benefit --code 12345678901 --servername center.jukinet.invalid
 "use strict";
 const fs = require("node:fs");
 const path = require("node:path");
@@ -15,7 +15,7 @@ const protoLoader = require("@grpc/proto-loader");
 const protobuf = require("protobufjs");
 
 const PROTO_ROOT = path.resolve(__dirname, "..", "..", "proto");
-const names = ["address", "ca", "cert", "key", "purpose", "code"];
+const names = ["address", "ca", "cert", "key", "purpose", "code", "servername"];
 
 // The google.rpc messages of gRPC's rich error model, as much of them as this client reads.
 const RICH = protobuf.parse(`syntax = "proto3"; package google.rpc;
@@ -47,7 +47,12 @@ function main() {
   const { ProvisionService } = grpc.loadPackageDefinition(definition).jukinet.wire.v1;
   const credentials = grpc.credentials.createSsl(
     fs.readFileSync(values.ca), fs.readFileSync(values.key), fs.readFileSync(values.cert));
-  const client = new ProvisionService(values.address, credentials);
+  // The node's server name (center.jukinet.invalid): verified against the certificate, as jukinet's
+  // own clients do; the address alone would accept any certificate of the network.
+  const client = new ProvisionService(values.address, credentials, {
+    "grpc.ssl_target_name_override": values.servername,
+    "grpc.default_authority": values.servername,
+  });
   const request = { purpose: values.purpose, resident_code: values.code };
   client.LookupResident(request, { deadline: Date.now() + 10_000 }, (error, reply) => {
     const out = error
