@@ -3,6 +3,7 @@ clean shutdown on SIGTERM/SIGINT."""
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -54,6 +55,19 @@ class NodeParts:
     service_names: list[str] = field(default_factory=list)
     tasks: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
+
+
+def tune_gc() -> None:
+    """For a started node process: what exists now (modules, configuration, the servers) lives as long as
+    the process, so it leaves the collector's view (gc.freeze), and the youngest generation is collected
+    every 20,000 net allocations instead of 700. Reference counting still frees almost everything at once;
+    only reference cycles wait longer. bench/provision.py measured about 8 % more agency lookups per second
+    at concurrency 16 and 64, with lower CPU per call and a lower p99."""
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
 
 def run_node(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> None:
@@ -169,6 +183,7 @@ async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) 
         "metrics": f"127.0.0.1:{node.metrics_port}",
         "pid": os.getpid(),
     }
+    tune_gc()
     print(json.dumps(ready), flush=True)
     log.info("node_started", listen=node.address, metrics=ready["metrics"])
     loop = asyncio.get_running_loop()
