@@ -4,7 +4,6 @@ from functools import partial
 
 import grpc
 
-from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import channel_credentials
 from jukinet.rpc import authz
 from jukinet.rpc.admin_servicer import AdminServicer
@@ -20,7 +19,8 @@ from municipality_node.servicer import RegisterServicer
 def build(ctx: NodeContext) -> NodeParts:
     config = ctx.config
     node = config.identity
-    prefecture = NodeId(Role.PREFECTURE, node.prefecture)
+    prefecture = node.upstream
+    assert prefecture is not None  # noqa: S101 - a municipality always has its prefecture
     credentials = partial(channel_credentials, ctx.paths)  # re-read per connection: certificate renewals
     guard = Guard(ctx.store, ctx.metrics, authz.MUNICIPALITY_POLICY, ctx.switch, ctx.revocations)
     forwarder = Forwarder(

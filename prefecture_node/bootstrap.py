@@ -4,7 +4,6 @@ from functools import partial
 
 import grpc
 
-from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import channel_credentials
 from jukinet.rpc import authz
 from jukinet.rpc.admin_servicer import AdminServicer
@@ -30,12 +29,14 @@ from prefecture_node.codepool import CodePoolRelayServicer
 def build(ctx: NodeContext) -> NodeParts:
     config = ctx.config
     node = config.identity
+    center = node.upstream
+    assert center is not None  # noqa: S101 - a prefecture always relays to the center
     credentials = partial(channel_credentials, ctx.paths)  # re-read per connection: certificate renewals
     guard = Guard(ctx.store, ctx.metrics, authz.PREFECTURE_POLICY, ctx.switch, ctx.revocations)
     forwarder = Forwarder(
         store=ctx.store,
         upstream=config.upstream,
-        upstream_identity=NodeId(Role.CENTER).uri,
+        upstream_identity=center.uri,
         credentials=credentials,
         metrics=ctx.metrics,
         batch_size=config.batch_size,

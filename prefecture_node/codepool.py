@@ -7,14 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from jukinet.domain.errors import UpstreamRefusedArgument, UpstreamRefusedPermission, UpstreamUnavailable
 from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import local_gov_code, request_id
 from jukinet.pki import channel_options
 from jukinet.rpc import authz
-from jukinet.rpc.error_details import details_of
+from jukinet.rpc.error_details import reason_of
 from jukinet.rpc.guard import REQUEST_ID_KEY, Guard
 from jukinet.services.ports import AccessEntry
 from jukinet.storage import SqlTx, Store
@@ -53,8 +52,8 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
                     ).AllocateCodes(request, metadata=((REQUEST_ID_KEY, request.request_id),), timeout=20.0)
             except grpc.aio.AioRpcError as error:
                 # The guard answers (and access-logs) the center's refusal as this node's own.
-                reasons = [info.reason for info in _error_infos(details_of(error.trailing_metadata()))]
-                message = f"the center refused it ({reasons[0] if reasons else error.code().name}): {error.details()}"
+                reason = reason_of(error.trailing_metadata()) or error.code().name
+                message = f"the center refused it ({reason}): {error.details()}"
                 if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
                     raise UpstreamRefusedArgument(message) from None
                 if error.code() is grpc.StatusCode.PERMISSION_DENIED:
@@ -81,12 +80,3 @@ class CodePoolRelayServicer(codepool_pb2_grpc.CodePoolServiceServicer):
             await self._store.write(lambda conn: SqlTx(conn).append_access(entries))
             return reply
         raise AssertionError("unreachable")
-
-
-def _error_infos(status: status_pb2.Status | None) -> list[error_details_pb2.ErrorInfo]:
-    found: list[error_details_pb2.ErrorInfo] = []
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            found.append(info)
-    return found

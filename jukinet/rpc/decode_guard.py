@@ -17,7 +17,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from jukinet.domain.errors import InvalidField
-from jukinet.rpc.error_details import refusal_trailer
 
 
 class Undecodable:
@@ -50,18 +49,7 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 Refuse = Callable[["grpc.aio.ServicerContext[Any, Any]", str, str], Awaitable[None]]
 
 
-async def _refuse_undecodable(
-    context: grpc.aio.ServicerContext[Any, Any], method: str, request: Undecodable, refuse: Refuse | None
-) -> None:
-    if refuse is not None:
-        await refuse(context, method, request.message)  # aborts
-    error = InvalidField("request", request.message)
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    trailer = refusal_trailer(code, str(error), reason=error.reason, request_id="", error=error)
-    await context.abort(code, str(error), trailing_metadata=trailer)
-
-
-def lenient(handler: Any, method: str = "", refuse: Refuse | None = None) -> Any:
+def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
     """The same method handler, with a lenient request parser and a handler that refuses what it could not parse."""
     if handler is None or handler.request_deserializer is None:
         return handler
@@ -72,7 +60,7 @@ def lenient(handler: Any, method: str = "", refuse: Refuse | None = None) -> Any
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, Undecodable):
-                await _refuse_undecodable(context, method, request, refuse)
+                await refuse(context, method, request.message)  # aborts
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
@@ -81,7 +69,7 @@ def lenient(handler: Any, method: str = "", refuse: Refuse | None = None) -> Any
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
-                await _refuse_undecodable(context, method, request, refuse)
+                await refuse(context, method, request.message)  # aborts
             async for response in inner_us(request, context):
                 yield response
 
@@ -107,7 +95,7 @@ def lenient(handler: Any, method: str = "", refuse: Refuse | None = None) -> Any
 class _LenientGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler whose method handlers are wrapped once per method and reused."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], refuse: Refuse | None) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], refuse: Refuse) -> None:
         self._inner = inner
         self._refuse = refuse
         self._wrapped: dict[str, Any] = {}
@@ -124,9 +112,10 @@ class _LenientGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
 class LenientServer:
     """Stands in for a grpc.aio.Server when servicers are added (`add_*Servicer_to_server(servicer,
-    LenientServer(server))`): every method handler they register parses leniently."""
+    LenientServer(server, refuse))`): every method handler they register parses leniently, and `refuse`
+    answers an undecodable unary request."""
 
-    def __init__(self, server: grpc.aio.Server, refuse: Refuse | None = None) -> None:
+    def __init__(self, server: grpc.aio.Server, refuse: Refuse) -> None:
         self._server = server
         self._refuse = refuse
 

@@ -29,11 +29,13 @@ Trailer = tuple[tuple[str, bytes], ...]
 
 
 def refusal_trailer(
-    code: grpc.StatusCode, message: str, *, reason: str, request_id: str, error: JukinetError | None = None
+    code: grpc.StatusCode, message: str, *, request_id: str, error: JukinetError | None = None
 ) -> Trailer:
-    """The trailing metadata of a refusal; `message` must be the details the call is aborted with."""
+    """The trailing metadata of a refusal; `message` must be the details the call is aborted with. The
+    reason is the error's, or the status code's name for a failure that is no JukinetError (INTERNAL)."""
     status = status_pb2.Status(code=code.value[0], message=message)
     metadata = {"request_id": request_id} if request_id else {}
+    reason = error.reason if error is not None else code.name
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
     status.details.add().Pack(info)
     if isinstance(error, InvalidField):
@@ -51,4 +53,14 @@ def details_of(trailing_metadata: object) -> status_pb2.Status | None:
     for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
         if key == DETAILS_KEY and isinstance(value, bytes):
             return status_pb2.Status.FromString(value)
+    return None
+
+
+def reason_of(trailing_metadata: object) -> str | None:
+    """The ErrorInfo reason of a refused call (a client's view), or None when it carries none."""
+    status = details_of(trailing_metadata)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details if status is not None else ():
+        if detail.Unpack(info):
+            return str(info.reason)
     return None

@@ -96,9 +96,7 @@ class Guard:
         except AlreadyLogged as logged:
             code = grpc.StatusCode[logged.error.code]
             message = str(logged.error)
-            trailer = refusal_trailer(
-                code, message, reason=logged.error.reason, request_id=request_id, error=logged.error
-            )
+            trailer = refusal_trailer(code, message, request_id=request_id, error=logged.error)
             await context.abort(code, message, trailing_metadata=trailer)
         except JukinetError as error:
             code = grpc.StatusCode[error.code]
@@ -174,8 +172,7 @@ class Guard:
         except Exception as error:  # never hide the caller's answer behind a logging failure
             log.error("access_log_write_failed", error=repr(error))
         log.warning("rpc_refused", method=method, peer=entry.peer, code=code.name, detail=message)
-        reason = refusal.reason if refusal is not None else code.name
-        trailer = refusal_trailer(code, message, reason=reason, request_id=request_id, error=refusal)
+        trailer = refusal_trailer(code, message, request_id=request_id, error=refusal)
         await context.abort(code, message, trailing_metadata=trailer)
 
 
