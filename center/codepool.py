@@ -27,8 +27,23 @@ MAX_BLOCK = 100_000
 CENTER = NodeId(Role.CENTER)
 
 
-def random_code() -> str:
-    return resident_code_from_body(f"{secrets.randbelow(10**10):010d}")
+_BODY_SPACE = 10**10  # 10 random digits
+_DRAW_BYTES = 5  # 40 bits per draw
+_UNBIASED_BELOW = (256**_DRAW_BYTES // _BODY_SPACE) * _BODY_SPACE  # rejection bound: every body equally likely
+
+
+def random_codes(count: int) -> list[str]:
+    """Up to `count` independent, uniformly random codes from the OS CSPRNG (one read for all of them;
+    a draw at or above _UNBIASED_BELOW, under 1 % of them, is dropped rather than folded in with a bias)."""
+    raw = secrets.token_bytes(_DRAW_BYTES * (count + count // 50 + 8))
+    codes: list[str] = []
+    for start in range(0, len(raw), _DRAW_BYTES):
+        value = int.from_bytes(raw[start : start + _DRAW_BYTES], "big")
+        if value < _UNBIASED_BELOW:
+            codes.append(resident_code_from_body(f"{value % _BODY_SPACE:010d}"))
+            if len(codes) == count:
+                break
+    return codes
 
 
 def _already_issued(conn: Connection, candidates: Sequence[str]) -> set[str]:
@@ -51,15 +66,16 @@ def allocate(
         query = select(issued_code.c.resident_code).where(issued_code.c.block_id == earlier.block_id)
         return earlier.block_id, list(conn.execute(query.order_by(issued_code.c.resident_code)).scalars())
     block_id = uuid.uuid4().hex
-    chosen: set[str] = set()
+    # The municipality hands codes out in this order. Independent random draws, kept in the order drawn,
+    # are already in an unguessable order: no shuffle (which would cost one OS read per code).
+    chosen: dict[str, None] = {}
     while len(chosen) < count:
-        need = count - len(chosen)
-        candidates = {random_code() for _ in range(need + need // 10 + 8)} - chosen
-        taken = _already_issued(conn, list(candidates))
-        fresh = [c for c in candidates if c not in taken]
-        chosen.update(fresh[:need])
+        candidates = [c for c in dict.fromkeys(random_codes(count - len(chosen))) if c not in chosen]
+        taken = _already_issued(conn, candidates)
+        for code in candidates:
+            if code not in taken:
+                chosen[code] = None
     codes = list(chosen)
-    secrets.SystemRandom().shuffle(codes)  # the municipality hands them out in this order: keep it unguessable
     conn.execute(
         insert(code_block),
         [

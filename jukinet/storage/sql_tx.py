@@ -13,7 +13,7 @@ from jukinet.audit import append as chain_append
 from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.storage import rows
-from jukinet.storage.schema import event, free_code
+from jukinet.storage.schema import event
 
 _IN_CHUNK = 500  # bound parameter lists (SQLite allows 32,766 variables; keep statements small)
 
@@ -62,7 +62,9 @@ _ACCESS_HEAD = "SELECT entry_hash FROM access_log ORDER BY id DESC LIMIT 1"
 _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
 _SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
-_DELETE_FREE_CODES = "DELETE FROM free_code WHERE resident_code IN ("
+_PEEK_FREE_CODES = "SELECT resident_code FROM free_code ORDER BY id LIMIT ?"
+# The pool's first codes up to and including one of them: a range of the primary key, no per-code lookup.
+_DELETE_FREE_CODES_THROUGH = "DELETE FROM free_code WHERE id <= (SELECT id FROM free_code WHERE resident_code = ?)"
 _INSERT_PROVISION = _Append(
     "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields", "channel")
 )
@@ -120,12 +122,13 @@ class SqlTx:
             chunk = values[start : start + per]
             self._execute(target.sql(len(chunk)), tuple(chain.from_iterable(chunk)))
 
-    def _execute(self, sql: str, params: tuple[object, ...]) -> None:
+    def _execute(self, sql: str, params: tuple[object, ...]) -> int:
+        """Runs one statement; returns the rows it changed."""
         if not self.conn.in_transaction():
-            self.conn.exec_driver_sql(self._driver_sql(sql), params)
-            return
+            return int(self.conn.exec_driver_sql(self._driver_sql(sql), params).rowcount)
         with self._cursor() as cursor:
             cursor.execute(self._driver_sql(sql), params)
+            return int(cursor.rowcount)
 
     def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         if not self.conn.in_transaction():
@@ -244,12 +247,14 @@ class SqlTx:
     def peek_free_codes(self, limit: int) -> list[str]:
         if limit <= 0:
             return []
-        query = select(free_code.c.resident_code).order_by(free_code.c.id).limit(limit)
-        return list(self.conn.execute(query).scalars())
+        return [row[0] for row in self._fetchall(_PEEK_FREE_CODES, (limit,))]
 
     def remove_free_codes(self, codes: Sequence[str]) -> None:
-        for chunk in _chunks(codes):
-            self._execute(_DELETE_FREE_CODES + _marks(len(chunk)) + ")", tuple(chunk))
+        if not codes:
+            return
+        removed = self._execute(_DELETE_FREE_CODES_THROUGH, (codes[-1],))
+        if removed != len(codes):  # not the pool's head: roll the whole transaction back
+            raise RuntimeError(f"removed {removed} free codes instead of {len(codes)}: codes were not the pool's first")
 
     def event_rows_after(self, origin: str, after_seq: int, limit: int) -> list[Row[Any]]:
         """Raw rows for the relay sender, which turns them into protobuf without a domain round trip."""

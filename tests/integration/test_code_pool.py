@@ -9,12 +9,13 @@ import pytest
 from google.rpc import error_details_pb2
 from sqlalchemy import func, select
 
+from center import codepool
 from center.codepool import allocate
 from jukinet.codes import valid_resident_code
 from jukinet.domain.errors import InvalidField
 from jukinet.rpc.error_details import details_of
 from jukinet.services.relay import CallInfo
-from jukinet.storage import make_engine, queries
+from jukinet.storage import SqlTx, make_engine, queries
 from jukinet.storage.schema import issued_code
 from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
 from tests.helpers.nodes import channel, start
@@ -37,6 +38,36 @@ def test_pools_are_valid_distinct_and_survive_a_restart(db_factory: Callable[[st
     assert all(valid_resident_code(c) for c in first + second)
     assert len(set(first) | set(second)) == 6000
     assert total == 6000
+
+
+def test_random_codes_are_valid_distinct_draws() -> None:
+    codes = codepool.random_codes(20_000)
+    assert len(codes) == 20_000 and all(valid_resident_code(c) for c in codes)
+    assert len(set(codes)) > 19_990  # 10^10 bodies: a repeat among 20,000 draws is rare, many would be a bug
+    assert codes != sorted(codes)  # handed out in the order drawn
+    assert codepool._UNBIASED_BELOW % 10**10 == 0 and codepool._UNBIASED_BELOW <= 256**codepool._DRAW_BYTES
+
+
+def test_a_pool_skips_codes_drawn_twice_or_issued_before(
+    db_factory: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draws are scripted: repeats within a draw, across draws and of earlier pools never reach a pool."""
+    engine = make_engine(db_factory("center"))
+    with engine.begin() as conn:
+        _, earlier = allocate(conn, request="a", municipality="132080", count=3, call=CALL, now=NOW)
+    fresh = [c for c in codepool.random_codes(10) if c not in earlier]
+    draws = iter([[fresh[0], earlier[0], fresh[0], fresh[1]], [earlier[2], fresh[2]], [fresh[1]], [fresh[3]]])
+
+    def scripted(count: int) -> list[str]:
+        draw = next(draws)
+        assert len(draw) <= count
+        return draw
+
+    monkeypatch.setattr(codepool, "random_codes", scripted)
+    with engine.begin() as conn:
+        _, codes = allocate(conn, request="b", municipality="132187", count=4, call=CALL, now=NOW)
+    engine.dispose()
+    assert codes == fresh[:4]
 
 
 def test_a_repeated_request_returns_the_same_pool(db_factory: Callable[[str], str]) -> None:
@@ -78,3 +109,20 @@ async def test_a_prefecture_answers_and_logs_the_centers_refusal_as_its_own(pki_
     finally:
         await prefecture.stop()
         await center.stop()
+
+
+def test_a_municipality_takes_codes_from_the_head_of_its_pool_only(db_factory: Callable[[str], str]) -> None:
+    engine = make_engine(db_factory("municipality"))
+    pool = codepool.random_codes(6)
+    with engine.begin() as conn:
+        SqlTx(conn).insert_code_rows("free_code", pool, "block-1")
+    with engine.begin() as conn:
+        tx = SqlTx(conn)
+        head = tx.peek_free_codes(2)
+        tx.remove_free_codes(head)
+        assert head == pool[:2] and tx.peek_free_codes(10) == pool[2:]
+    with pytest.raises(RuntimeError, match="not the pool's first"), engine.begin() as conn:
+        SqlTx(conn).remove_free_codes([pool[3]])  # skips pool[2]: the transaction rolls back
+    with engine.begin() as conn:
+        assert SqlTx(conn).peek_free_codes(10) == pool[2:]
+    engine.dispose()

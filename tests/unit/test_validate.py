@@ -1,8 +1,11 @@
 """Edge validation of register changes: every refusal names the field and the problem."""
 
 import datetime as dt
+import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jukinet.domain import validate
 from jukinet.domain.errors import InvalidField
@@ -102,3 +105,26 @@ def test_deaths_may_omit_items_and_births_need_no_code() -> None:
     birth_items = IdentityItems(name="山田\u3000花子", birth_date=dt.date(2026, 11, 1), sex=Sex.FEMALE, address="x")
     birth = _change(reason_value=int(ChangeReason.BIRTH), resident_code_value="", items=birth_items)
     assert birth.resident_code is None  # type: ignore[attr-defined]
+
+
+_REFUSED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+@given(st.text(st.characters(codec=None), min_size=1, max_size=12))
+def test_text_refuses_exactly_the_control_format_private_and_unassigned_characters(value: str) -> None:
+    """The fast path (str.isprintable) and the per-character check agree with the category rule."""
+    normalized = unicodedata.normalize("NFC", value)
+    refused = any(unicodedata.category(c) in _REFUSED for c in normalized)
+    edges = normalized[:1] in (" ", "\u3000", "\t") or normalized[-1:] in (" ", "\u3000", "\t")
+    try:
+        accepted = validate.text("name", value, max_chars=100)
+    except InvalidField:
+        assert refused or edges or not normalized
+    else:
+        assert not refused and accepted == normalized
+
+
+def test_text_keeps_ideographic_and_no_break_spaces_inside_a_value() -> None:
+    assert validate.text("name", "山田\u3000太郎\u00a0様", max_chars=100) == "山田\u3000太郎\u00a0様"
+    with pytest.raises(InvalidField, match="U\\+200B"):
+        validate.text("name", "山田\u200b太郎", max_chars=100)
