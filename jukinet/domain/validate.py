@@ -62,9 +62,11 @@ def text(field: str, value: str, *, max_chars: int, required: bool = True) -> st
         raise InvalidField(field, f"is {len(normalized)} characters long; the limit is {max_chars}")
     if normalized[0] in _EDGE_SPACES or normalized[-1] in _EDGE_SPACES:
         raise InvalidField(field, "has leading or trailing spaces; send the value as registered")
-    if normalized.isprintable():  # C speed; refused categories are all non-printable (Other or Separator)
+    # The refused categories are all non-printable (Unicode "Other" or "Separator"), so a printable value
+    # passes at C speed; so does one whose only other separators are ideographic spaces (山田\u3000太郎).
+    if normalized.isprintable() or normalized.replace("\u3000", " ").isprintable():
         return normalized
-    for position, char in enumerate(normalized):  # ideographic and other spaces are not printable but allowed
+    for position, char in enumerate(normalized):  # other spaces (NBSP ...) are not printable but allowed
         if unicodedata.category(char) in _REFUSED_CATEGORIES:
             raise InvalidField(
                 field,
@@ -160,19 +162,19 @@ def identity_items(
     address: str,
     today: dt.date | None = None,
 ) -> IdentityItems:
-    return IdentityItems(
-        name=searchable(
-            f"{prefix}name", text(f"{prefix}name", name, max_chars=MAX_NAME_CHARS), max_chars=MAX_NAME_CHARS
-        ),
-        alias=text(f"{prefix}alias", alias, max_chars=MAX_NAME_CHARS, required=False),
-        birth_date=iso_date(f"{prefix}birth_date", birth_date, today=today),
-        sex=sex(f"{prefix}sex", sex_value),
-        address=searchable(
-            f"{prefix}address",
-            text(f"{prefix}address", address, max_chars=MAX_ADDRESS_CHARS),
-            max_chars=MAX_ADDRESS_CHARS,
-        ),
-    )
+    """The four items and 通称; a refusal names the field under `prefix` ("items.name")."""
+    try:
+        return IdentityItems(
+            name=searchable("name", text("name", name, max_chars=MAX_NAME_CHARS), max_chars=MAX_NAME_CHARS),
+            alias=text("alias", alias, max_chars=MAX_NAME_CHARS, required=False),
+            birth_date=iso_date("birth_date", birth_date, today=today),
+            sex=sex("sex", sex_value),
+            address=searchable(
+                "address", text("address", address, max_chars=MAX_ADDRESS_CHARS), max_chars=MAX_ADDRESS_CHARS
+            ),
+        )
+    except InvalidField as error:  # the prefixed name is built only for a refusal: this runs per record
+        raise InvalidField(prefix + error.field, error.problem) from None
 
 
 def register_change(
@@ -216,28 +218,25 @@ def change_event(
     effective_date: str,
     recorded_at: dt.datetime,
     items: IdentityItems,
-    today: dt.date | None = None,
+    latest_effective: dt.date,
 ) -> ChangeEvent:
     """A relayed event, checked again at the receiving edge. `origin` must already be validated
-    (jukinet.domain.validate.local_gov_code), once per batch."""
-    where = f"event {origin}#{seq}: "  # origin: already validated once for the whole batch
+    (jukinet.domain.validate.local_gov_code), once per batch; the caller names the event in a refusal."""
     if seq < 1:
-        raise InvalidField(f"{where}seq", "must be 1 or more")
-    why = reason(f"{where}reason", reason_value)
+        raise InvalidField("seq", "must be 1 or more")
+    why = reason("reason", reason_value)
     previous = ""
     if why is ChangeReason.CODE_CHANGE:
-        previous = resident_code(f"{where}previous_code", previous_code)
+        previous = resident_code("previous_code", previous_code)
     elif previous_code:
-        raise InvalidField(f"{where}previous_code", "is only allowed on a code change")
+        raise InvalidField("previous_code", "is only allowed on a code change")
     return ChangeEvent(
         origin=origin,
         seq=seq,
-        resident_code=resident_code(f"{where}resident_code", resident_code_value),
+        resident_code=resident_code("resident_code", resident_code_value),
         previous_code=previous,
         reason=why,
-        effective_date=iso_date(
-            f"{where}effective_date", effective_date, today=(today or today_jst()) + dt.timedelta(days=1)
-        ),
+        effective_date=iso_date("effective_date", effective_date, today=latest_effective),
         recorded_at=recorded_at,
         items=items,
     )
