@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy import Connection
 
 from jukinet.domain.agency import Agency, AgencyRegistry, Purpose
-from jukinet.domain.errors import InvalidField, NotFoundError
+from jukinet.domain.errors import InvalidField, JukinetError
 from jukinet.domain.model import ChangeEvent
 from jukinet.domain.registry_state import ACTIVE
 from jukinet.domain.validate import iso_date, resident_code, text
@@ -218,7 +218,7 @@ def _consume(future: "asyncio.Future[Any]") -> None:
         future.exception()
 
 
-def _lookups(conn: Connection, requests: Sequence[LookupRequest]) -> list[Provided | NotFoundError]:
+def _lookups(conn: Connection, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
     return lookups(CenterTx(conn), requests)
 
 

@@ -70,6 +70,13 @@ class NotFoundError(JukinetError):
     code = "NOT_FOUND"
 
 
+class InconsistentRecords(JukinetError):
+    """Stored records contradict an invariant the network relies on (e.g. a code chain that loops)."""
+
+    reason = "INCONSISTENT_RECORDS"
+    code = "INTERNAL"
+
+
 class SearchTooBroad(JukinetError):
     """More residents match than a search may return: add keys, never a truncated list."""
 

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from jukinet.domain.errors import InvalidField, NotFoundError
+from jukinet.domain.errors import InvalidField
 from jukinet.domain.model import ChangeEvent, Registration
-from jukinet.domain.registry_state import CurrentRecord, Status, current_record
+from jukinet.domain.registry_state import CurrentRecord
 from jukinet.domain.validate import JST
-from jukinet.services.history import MAX_CODE_CHANGES, whole_history
+from jukinet.services.history import current_by_code, whole_history
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
 
@@ -77,13 +77,7 @@ def disclose(
 ) -> Disclosure:
     """Raises NotFoundError when nothing is recorded under `code` (the guard logs that refusal);
     otherwise appends the call's access-log entry naming the resident's codes."""
-    forward = [code]
-    record = current_record(tx.registrations_of([code]).get(code, []))
-    while record is not None and record.status is Status.RETIRED and len(forward) <= MAX_CODE_CHANGES:
-        forward.append(record.replaced_by)
-        record = current_record(tx.registrations_of([record.replaced_by]).get(record.replaced_by, []))
-    if record is None or record.status is Status.RETIRED:
-        raise NotFoundError(f"no resident is recorded under 住民票コード {code}")
+    record, forward = current_by_code(tx, code)
     history = whole_history(tx, forward)
     chain = list(dict.fromkeys([*(e.resident_code for e in history), *forward]))
     page = tx.provisions_of(chain, since=period.since, until=period.until, after_id=after_id, limit=limit + 1)

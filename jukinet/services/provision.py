@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from jukinet.domain.agency import Agency, Purpose
-from jukinet.domain.errors import InvalidField, JukinetError, NotFoundError, SearchTooBroad
+from jukinet.domain.errors import InconsistentRecords, InvalidField, JukinetError, NotFoundError, SearchTooBroad
 from jukinet.domain.model import ChangeEvent, Effect, Registration, effect_of
 from jukinet.domain.normalize import search_key
-from jukinet.domain.registry_state import RETIRED, CurrentRecord, Status, current_record
-from jukinet.services.history import MAX_CODE_CHANGES, whole_histories, whole_history
+from jukinet.domain.registry_state import CurrentRecord, Status, current_record
+from jukinet.services.history import current_by_code, whole_histories, whole_history
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.services.relay import CallInfo
 
@@ -85,18 +85,6 @@ class SearchKeys:
     address: str = ""
 
 
-def resolve(regs_by_code: dict[str, list[Registration]], tx: ProvisionTx, code: str) -> tuple[CurrentRecord, list[str]]:
-    """The current record for `code`, following retired codes; also the chain of codes walked."""
-    chain = [code]
-    record = current_record(regs_by_code.get(code, []))
-    while record is not None and record.status is RETIRED and len(chain) <= MAX_CODE_CHANGES:
-        chain.append(record.replaced_by)
-        record = current_record(tx.registrations_of([record.replaced_by]).get(record.replaced_by, []))
-    if record is None or record.status is RETIRED:
-        raise NotFoundError(f"no resident is recorded under 住民票コード {code}")
-    return record, chain
-
-
 @dataclass(frozen=True, slots=True)
 class LookupRequest:
     """One agency call asking for one resident by code."""
@@ -108,18 +96,19 @@ class LookupRequest:
     now: dt.datetime
 
 
-def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided | NotFoundError]:
+def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
     """Many callers' lookups in one transaction (concurrent calls share it): one result per request, in
-    order. A code that is not found is that request's NotFoundError and writes nothing (the guard logs the
-    refusal); each found one is one provision entry and one access entry of its own call."""
+    order. A code that is not found (or whose records are inconsistent) is that request's error and writes
+    nothing (the guard logs the refusal); each found one is one provision entry and one access entry of its
+    own call."""
     regs = tx.registrations_of({r.code for r in requests})
-    results: list[Provided | NotFoundError] = []
+    results: list[Provided | JukinetError] = []
     provisions: list[ProvisionEntry] = []
     accesses: list[AccessEntry] = []
     for r in requests:
         try:
-            record, chain = resolve(regs, tx, r.code)
-        except NotFoundError as error:
+            record, chain = current_by_code(tx, r.code, regs)
+        except (NotFoundError, InconsistentRecords) as error:
             results.append(error)
             continue
         history = whole_history(tx, chain) if "history" in r.purpose.fields else []
@@ -152,8 +141,8 @@ def bulk_lookup(
             results.append(BulkItem("", None, code))
             continue
         try:
-            record, chain = resolve(regs, tx, code)
-        except NotFoundError as error:
+            record, chain = current_by_code(tx, code, regs)
+        except (NotFoundError, InconsistentRecords) as error:
             results.append(BulkItem(code, None, error))
             continue
         chains.append((len(results), chain))

@@ -42,10 +42,12 @@ def test_pools_are_valid_distinct_and_survive_a_restart(db_factory: Callable[[st
 
 def test_random_codes_are_valid_distinct_draws() -> None:
     codes = codepool.random_codes(20_000)
-    assert len(codes) == 20_000 and all(valid_resident_code(c) for c in codes)
+    assert len(codes) == 20_000
+    assert all(valid_resident_code(c) for c in codes)
     assert len(set(codes)) > 19_990  # 10^10 bodies: a repeat among 20,000 draws is rare, many would be a bug
     assert codes != sorted(codes)  # handed out in the order drawn
-    assert codepool._UNBIASED_BELOW % 10**10 == 0 and codepool._UNBIASED_BELOW <= 256**codepool._DRAW_BYTES
+    assert codepool._UNBIASED_BELOW % 10**10 == 0
+    assert codepool._UNBIASED_BELOW <= 256**codepool._DRAW_BYTES
 
 
 def test_a_pool_skips_codes_drawn_twice_or_issued_before(
@@ -120,7 +122,8 @@ def test_a_municipality_takes_codes_from_the_head_of_its_pool_only(db_factory: C
         tx = SqlTx(conn)
         head = tx.peek_free_codes(2)
         tx.remove_free_codes(head)
-        assert head == pool[:2] and tx.peek_free_codes(10) == pool[2:]
+        assert head == pool[:2]
+        assert tx.peek_free_codes(10) == pool[2:]
     with pytest.raises(RuntimeError, match="not the pool's first"), engine.begin() as conn:
         SqlTx(conn).remove_free_codes([pool[3]])  # skips pool[2]: the transaction rolls back
     with engine.begin() as conn:

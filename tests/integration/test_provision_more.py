@@ -9,12 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from sqlalchemy import select
+from sqlalchemy import Connection, select, update
 
 from jukinet.codes import resident_code_from_body
-from jukinet.rpc.error_details import details_of
+from jukinet.rpc.error_details import details_of, reason_of
 from jukinet.rpc.runtime import RunningNode
-from jukinet.storage.schema import provision_log
+from jukinet.storage.schema import provision_log, registration
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
 from tests.helpers.nodes import AGENCIES, channel, event, start
 
@@ -149,6 +149,43 @@ async def test_bulk_lookup_answers_each_code_and_never_fails_the_stream(center: 
     assert results[0].record.resident_code == _code(2)  # the retired code answers with the current one
     assert "check digit" in results[1].message
     assert await center.provisions() == [(_code(2), "bulk", PURPOSE), (_code(3), "bulk", PURPOSE)]
+
+
+async def test_a_loop_of_codes_is_refused_loudly_and_alone(center: Center) -> None:
+    """Records that contradict themselves (here a code chain made to loop behind the relay's back) answer
+    INTERNAL naming the problem, for that code only: a concurrent lookup and the rest of a bulk stream
+    are answered, and nothing is provided for the looping code."""
+    await center.register(_code(1))
+    await center.register(_code(2), R.CHANGE_REASON_CODE_CHANGE, previous=_code(1))
+    await center.register(_code(3))
+
+    def corrupt(conn: Connection) -> None:
+        conn.execute(
+            update(registration)
+            .where(registration.c.resident_code == _code(2))
+            .values(active=False, replaced_by=_code(1))
+        )
+
+    await center.node.ctx.store.write(corrupt)
+    ch, stub = center.stub()
+    async with ch:
+        looping = stub.LookupResident(provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=_code(1)))
+        fine = stub.LookupResident(provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=_code(3)))
+        outcomes = await asyncio.gather(looping, fine, return_exceptions=True)
+        call = stub.LookupResidents(
+            iter([provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(2), _code(3)])])
+        )
+        results = [r for resp in [r async for r in call] for r in resp.results]
+    refused, answered = outcomes
+    assert isinstance(refused, grpc.aio.AioRpcError)
+    assert refused.code() is grpc.StatusCode.INTERNAL
+    assert "loop" in (refused.details() or "")
+    assert reason_of(refused.trailing_metadata()) == "INCONSISTENT_RECORDS"
+    assert isinstance(answered, provision_pb2.LookupResidentResponse)
+    assert answered.record.resident_code == _code(3)
+    assert [r.status_code for r in results] == [13, 0]
+    assert "report this request id" in results[0].message
+    assert await center.provisions() == [(_code(3), "lookup", PURPOSE), (_code(3), "bulk", PURPOSE)]
 
 
 async def _read_items(call: object, count: int) -> list[provision_pb2.FeedItem]:
