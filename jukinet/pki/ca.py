@@ -218,6 +218,18 @@ def lacks_server_name(cert_path: Path, identity: NodeId) -> bool:
     return server_name(identity) not in names.get_values_for_type(x509.DNSName)
 
 
+def _held_names(cert_path: Path) -> tuple[list[str], list[str]]:
+    """The DNS names (but the jukinet server name, which `issue` adds itself) and IP addresses a certificate
+    was issued for."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    dns = [name for name in san.get_values_for_type(x509.DNSName) if not name.endswith("." + SERVER_NAME_DOMAIN)]
+    return dns, [str(address) for address in san.get_values_for_type(x509.IPAddress)]
+
+
 def ensure(
     pki_dir: Path,
     identity: NodeId,
@@ -228,10 +240,15 @@ def ensure(
     role: str = "",
 ) -> CertPaths:
     """Like `issue`, but only if the certificate or key file is missing, or a node's certificate lacks its
-    `server_name` (issued before clients verified it)."""
+    `server_name` (issued before clients verified it). A re-issue keeps the DNS names and addresses the old
+    certificate was issued for, besides `dns_names` and `ip_addresses`."""
     paths = paths_for(pki_dir, identity)
-    if paths.cert.exists() and paths.key.exists() and not lacks_server_name(paths.cert, identity):
-        return paths
+    if paths.cert.exists() and paths.key.exists():
+        if not lacks_server_name(paths.cert, identity):
+            return paths
+        held_dns, held_ips = _held_names(paths.cert)
+        dns_names = list(dict.fromkeys([*dns_names, *held_dns]))
+        ip_addresses = list(dict.fromkeys([*ip_addresses, *held_ips]))
     return issue(
         pki_dir, identity, validity_days=validity_days, dns_names=dns_names, ip_addresses=ip_addresses, role=role
     )

@@ -141,12 +141,21 @@ def test_ensure_reissues_a_node_certificate_without_its_server_name(pki: Path) -
     assert ensure(pki, MUNI).cert.read_bytes() == kept
 
 
-def _legacy_certificate(pki: Path, identity: NodeId) -> bytes:
-    """A certificate as issued before server names: URI, localhost and 127.0.0.1 only."""
+def test_a_reissue_keeps_the_names_and_addresses_the_old_certificate_was_issued_for(pki: Path) -> None:
+    _legacy_certificate(pki, MUNI, dns=("cs.chofu.example",), ips=("10.0.0.5",))
+    san = _cert(ensure(pki, MUNI).cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [server_name(MUNI), "localhost", "cs.chofu.example"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(a) for a in ("127.0.0.1", "10.0.0.5")]
+
+
+def _legacy_certificate(pki: Path, identity: NodeId, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> bytes:
+    """A certificate as issued before server names: URI, localhost and 127.0.0.1 (and `dns`, `ips`) only."""
     sans = [
         x509.UniformResourceIdentifier(identity.uri),
         x509.DNSName("localhost"),
+        *(x509.DNSName(name) for name in dns),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        *(x509.IPAddress(ipaddress.ip_address(a)) for a in ips),
     ]
     key_pem, cert_pem = custom_certificate(pki, identity.uri, sans)
     paths = paths_for(pki, identity)
