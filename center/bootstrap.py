@@ -4,6 +4,7 @@ import grpc
 
 from center.codepool import CodePoolServicer
 from center.disclosure_servicer import DisclosureServicer
+from center.provision_indexer import ProvisionIndexer
 from center.provision_servicer import ProvisionServicer
 from jukinet.config import load_agencies
 from jukinet.rpc import authz
@@ -48,6 +49,7 @@ def build(ctx: NodeContext) -> NodeParts:
     admin = AdminServicer(ctx.config.identity, ctx.store, guard, switch=ctx.switch, metrics=ctx.metrics)
     audit = AuditServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, ctx.paths)
     checkpointer = Checkpointer(node=ctx.config.identity, store=ctx.store, paths=ctx.paths, metrics=ctx.metrics)
+    indexer = ProvisionIndexer(ctx.store, ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
@@ -67,5 +69,5 @@ def build(ctx: NodeContext) -> NodeParts:
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ],
-        tasks=[checkpointer.run],
+        tasks=[checkpointer.run, indexer.run],
     )

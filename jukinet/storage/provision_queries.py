@@ -3,11 +3,11 @@
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select, union_all
 
 from jukinet.services.ports import ProvisionEntry
 from jukinet.storage import rows
-from jukinet.storage.schema import provision_log
+from jukinet.storage.schema import provision_key, provision_key_cursor, provision_log
 from jukinet.storage.sql_tx import SqlTx
 
 MAX_CODES = 64  # one resident's codes; the disclosure walk is bounded well below this
@@ -28,16 +28,27 @@ def provision_page(
         return []
     if len(codes) > MAX_CODES:
         raise ValueError(f"{len(codes)} codes for one resident; at most {MAX_CODES}")
-    query = (
-        select(provision_log)
-        .where(provision_log.c.resident_code.in_(list(codes)), provision_log.c.id > after_id)
-        .order_by(provision_log.c.id)
-        .limit(limit)
+    # Indexed entries through the cursor, and the unindexed tail past it, scanned (jukinet.storage.
+    # provision_index). One statement, so one snapshot: the parts are disjoint even while a batch is indexed.
+    cursor = func.coalesce(
+        select(provision_key_cursor.c.indexed_through).where(provision_key_cursor.c.id == 1).scalar_subquery(), 0
     )
+    keyed = select(provision_key.c.provision_id).where(
+        provision_key.c.resident_code.in_(list(codes)), provision_key.c.provision_id > after_id
+    )
+    filters = []
     if since is not None:
-        query = query.where(provision_log.c.at_us >= rows.to_us(since))
+        filters.append(provision_log.c.at_us >= rows.to_us(since))
     if until is not None:
-        query = query.where(provision_log.c.at_us < rows.to_us(until))
+        filters.append(provision_log.c.at_us < rows.to_us(until))
+    indexed = select(provision_log).where(provision_log.c.id.in_(keyed), *filters)
+    tail = select(provision_log).where(
+        provision_log.c.id > cursor,
+        provision_log.c.id > after_id,
+        provision_log.c.resident_code.in_(list(codes)),
+        *filters,
+    )
+    query = union_all(indexed, tail).order_by("id").limit(limit)
     return [
         (
             row.id,

@@ -1,0 +1,99 @@
+"""The provision log's by-resident index, filled behind the log: a disclosure page is the same whether
+its entries are indexed, still in the unindexed tail, or split across the cursor (SQLite and PostgreSQL)."""
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, func, inspect, select
+
+from center.provision_indexer import ProvisionIndexer
+from jukinet.observability.metrics import NodeMetrics
+from jukinet.services.ports import ProvisionEntry
+from jukinet.storage import SqlTx, Store, make_engine
+from jukinet.storage.provision_index import index_provisions, indexed_through, unindexed
+from jukinet.storage.provision_queries import provision_page
+from jukinet.storage.schema import provision_key
+
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+CODES = ("A0000000001", "B0000000002", "C0000000003")
+ENTRIES = [
+    ProvisionEntry(T0 + dt.timedelta(minutes=i), f"r{i}", "pension", "pension-benefit", CODES[i * 7 % 3], ("name",))
+    for i in range(30)
+]
+Query = tuple[tuple[str, ...], dt.datetime | None, dt.datetime | None, int, int]
+QUERIES: list[Query] = [  # (codes, since, until, after_id, limit)
+    (CODES[:1], None, None, 0, 100),
+    (CODES[:2], None, None, 0, 100),
+    (CODES, T0 + dt.timedelta(minutes=5), T0 + dt.timedelta(minutes=21), 0, 100),
+    (CODES[1:], None, None, 9, 4),
+    (CODES, None, None, 12, 5),
+]
+
+
+def _expected(query: Query) -> list[tuple[int, str]]:
+    codes, since, until, after, limit = query
+    found = [
+        (i, e.request_id)
+        for i, e in enumerate(ENTRIES, start=1)
+        if e.resident_code in codes
+        and i > after
+        and (since is None or since <= e.at)
+        and (until is None or e.at < until)
+    ]
+    return found[:limit]
+
+
+def _pages(engine: Engine) -> list[list[tuple[int, str]]]:
+    pages = []
+    with engine.begin() as conn:
+        for codes, since, until, after, limit in QUERIES:
+            page = provision_page(conn, codes, since=since, until=until, after_id=after, limit=limit)
+            pages.append([(i, e.request_id) for i, e in page])
+    return pages
+
+
+def test_a_page_is_the_same_before_during_and_after_indexing(db_factory: Callable[[str], str]) -> None:
+    engine = make_engine(db_factory("center"))
+    with engine.begin() as conn:
+        SqlTx(conn).append_provisions(ENTRIES)
+    expected = [_expected(q) for q in QUERIES]
+    assert _pages(engine) == expected  # nothing indexed: all from the tail
+    for step in (7, 8, 15):  # the cursor at 7, 15, then 30
+        with engine.begin() as conn:
+            index_provisions(conn, step)
+        assert _pages(engine) == expected
+    with engine.begin() as conn:
+        assert indexed_through(conn) == 30
+        assert unindexed(conn) == 0
+        assert index_provisions(conn, 100) == (0, True)  # caught up: nothing copied twice
+        assert conn.execute(select(func.count()).select_from(provision_key)).scalar() == 30
+    engine.dispose()
+
+
+async def test_a_center_indexes_behind_the_log_and_drops_the_per_entry_index(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'center.db'}")
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE INDEX ix_provision_log_resident_code ON provision_log (resident_code)")
+        metrics = NodeMetrics()
+        indexer = ProvisionIndexer(store, metrics, interval_s=0.05, batch=4)
+        indexes = {i["name"] for i in inspect(store.engine).get_indexes("provision_log")}
+        assert "ix_provision_log_resident_code" not in indexes
+        await store.write(lambda conn: SqlTx(conn).append_provisions(ENTRIES[:10]))
+        stop = asyncio.Event()
+        task = asyncio.create_task(indexer.run(stop))
+        try:
+            for _ in range(200):
+                if await store.read(indexed_through) == 10:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await task
+        assert await store.read(indexed_through) == 10  # three jobs of at most 4
+        assert metrics.provisions_unindexed._value.get() == 0
+        assert await indexer.catch_up() == 0
+    finally:
+        store.close()
