@@ -64,7 +64,11 @@ def allocate(
         if earlier.municipality != municipality:
             raise InvalidField("request_id", "was already used for another municipality; use a fresh id")
         query = select(issued_code.c.resident_code).where(issued_code.c.block_id == earlier.block_id)
-        return earlier.block_id, list(conn.execute(query.order_by(issued_code.c.resident_code)).scalars())
+        codes = list(conn.execute(query).scalars())
+        # The same block, in a fresh unguessable order: the table keeps no order, and handing codes out
+        # sorted would reveal the order residents were registered in (a rare path: a lost answer).
+        secrets.SystemRandom().shuffle(codes)
+        return earlier.block_id, codes
     block_id = uuid.uuid4().hex
     # The municipality hands codes out in this order. Independent random draws, kept in the order drawn,
     # are already in an unguessable order: no shuffle (which would cost one OS read per code).

@@ -23,8 +23,7 @@ class ProvisionIndexer:
         self._metrics = metrics
         self.interval_s = interval_s
         self.batch = batch
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql(DROP_PER_ENTRY_INDEX)
+        self._old_index_dropped = False
 
     async def catch_up(self) -> int:
         """Indexes everything committed so far; returns how many entries."""
@@ -33,6 +32,11 @@ class ProvisionIndexer:
         while not caught_up:
             indexed, caught_up = await self._store.write(lambda conn: index_provisions(conn, self.batch))
             total += indexed
+        if not self._old_index_dropped:
+            # A database from before this index: its per-entry index served disclosure until the backfill
+            # above caught up; from now on it only costs.
+            await self._store.write(lambda conn: conn.exec_driver_sql(DROP_PER_ENTRY_INDEX))
+            self._old_index_dropped = True
         self._metrics.provisions_unindexed.set(await self._store.read(unindexed))
         return total
 

@@ -37,6 +37,10 @@ def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH) -> tuple[int,
 
     Runs as a job of the node's one writer, like every insert into the log: ids are committed in order, so
     no entry below the cursor can still be in flight (PostgreSQL sequences included)."""
+    if conn.dialect.name == "postgresql":
+        # Waits for any other transaction still inserting into the log (only a second writer could be one):
+        # an id it holds below the cursor would otherwise be neither indexed nor in the scanned tail.
+        conn.exec_driver_sql("LOCK TABLE provision_log IN SHARE ROW EXCLUSIVE MODE")
     start = indexed_through(conn)
     newest = newest_provision(conn)
     through = min(newest, start + limit)

@@ -5,12 +5,15 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, func, select, union_all
 
+from jukinet.domain.errors import InconsistentRecords
 from jukinet.services.ports import ProvisionEntry
 from jukinet.storage import rows
 from jukinet.storage.schema import provision_key, provision_key_cursor, provision_log
 from jukinet.storage.sql_tx import SqlTx
 
-MAX_CODES = 64  # one resident's codes; the disclosure walk is bounded well below this
+# One resident's codes (a code change adds one): far more than anyone has, well inside the bound variables
+# of a statement (both halves of the query list them: 2 x 10,000 < SQLite's 32,766).
+MAX_CODES = 10_000
 
 
 def provision_page(
@@ -27,7 +30,10 @@ def provision_page(
     if not codes or limit <= 0:
         return []
     if len(codes) > MAX_CODES:
-        raise ValueError(f"{len(codes)} codes for one resident; at most {MAX_CODES}")
+        raise InconsistentRecords(
+            f"{len(codes)} 住民票コード chained to one resident (at most {MAX_CODES} are expected); the center's "
+            "records are inconsistent: report this request id to the center's operator"
+        )
     # Indexed entries through the cursor, and the unindexed tail past it, scanned (jukinet.storage.
     # provision_index). One statement, so one snapshot: the parts are disjoint even while a batch is indexed.
     cursor = func.coalesce(
