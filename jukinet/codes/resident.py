@@ -15,9 +15,9 @@ def resident_check_digit(body: str) -> int:
     """The check digit for a 10-digit body; raises ValueError for anything else."""
     if len(body) != 10 or not body.isascii() or not body.isdigit():
         raise ValueError(f"resident code body must be 10 ASCII digits, got {body!r}")
-    d = [ord(c) - 48 for c in body]  # on every relay edge: keep it cheap
+    d = body.encode()  # ASCII digit bytes (48-57): on every relay edge and agency call, keep it cheap
     total = 5 * d[0] + 4 * d[1] + 3 * d[2] + 2 * d[3] + 7 * d[4] + 6 * d[5] + 5 * d[6] + 4 * d[7] + 3 * d[8] + 2 * d[9]
-    remainder = total % 11
+    remainder = (total - 48 * 41) % 11  # 41: the sum of the weights, each byte counted 48 too high
     return 0 if remainder <= 1 else 11 - remainder
 
 
