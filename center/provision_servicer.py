@@ -26,6 +26,7 @@ from jukinet.services.provision import (
     LookupRequest,
     Provided,
     bulk_lookup,
+    feed_pending,
     feed_record,
     lookups,
     next_feed_items,
@@ -180,15 +181,33 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             if request.after_seq < 0:
                 raise InvalidField("after_seq", "must not be negative")
             after = request.after_seq
+            self._quotas.charge(agency, 0)  # the stream is one request, however long it stays open
+            await self._guard.log_served(call, purpose=purpose.id)  # following starts (or resumes) here
             while True:
                 call.check_open()
-                self._quotas.charge(agency, 0)
-                now = dt.datetime.now(dt.UTC)
-                deliveries = await self._store.write(
-                    partial(_feed, agency=agency, purpose=purpose, after_seq=after, call=call.info, now=now)
-                )
+                # Items are reserved before they are numbered and provision-logged, and what is not delivered
+                # is given back: a quota refusal never leaves entries for records the agency did not get.
+                left = self._quotas.items_left(agency)
+                limit = FEED_BATCH if left is None else min(FEED_BATCH, left)
+                if limit == 0:
+                    pending = partial(_feed_pending, agency=agency, purpose=purpose, after_seq=after)
+                    if await self._store.read(pending):
+                        self._quotas.charge(agency, 1, rate=False)  # refused: retry after midnight JST
+                    await self._wait_for_events()
+                    continue
+                self._quotas.charge(agency, limit, rate=False)
+                delivered = 0
+                try:
+                    now = dt.datetime.now(dt.UTC)
+                    deliveries = await self._store.write(
+                        partial(
+                            _feed, agency=agency, purpose=purpose, after_seq=after, limit=limit, call=call.info, now=now
+                        )
+                    )
+                    delivered = len(deliveries)
+                finally:
+                    self._quotas.refund(agency, limit - delivered)
                 if deliveries:
-                    self._quotas.charge(agency, len(deliveries), rate=False)
                     after = deliveries[-1].seq
                     yield provision_pb2.FollowChangesResponse(
                         items=[
@@ -227,7 +246,11 @@ def _bulk(conn: Connection, **kwargs: Any) -> list[BulkItem]:
 
 
 def _feed(conn: Connection, **kwargs: Any) -> list[FeedDelivery]:
-    return next_feed_items(CenterTx(conn), limit=FEED_BATCH, **kwargs)
+    return next_feed_items(CenterTx(conn), **kwargs)
+
+
+def _feed_pending(conn: Connection, *, agency: Agency, purpose: Purpose, after_seq: int) -> bool:
+    return feed_pending(CenterTx(conn), agency=agency, purpose=purpose, after_seq=after_seq)
 
 
 def _sex(value: int) -> int:

@@ -55,6 +55,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for o, h in sorted(heads.items())
             ]
             depth = sum(max(0, h - forwarded.get(o, 0)) for o, h in heads.items()) if forwarded else 0
+            await self._guard.log_served(call)
             return admin_pb2.GetStatusResponse(
                 node=self._node.uri,
                 event_count=counts.events,
@@ -74,6 +75,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             authz.check_operator_of(call.caller, self._node)
             municipality = local_gov_code("municipality_code", request.municipality_code)
             d = await self._store.read(lambda c: queries.digest(c, municipality))
+            await self._guard.log_served(call, purpose=f"digest of {municipality}")
             return admin_pb2.GetDigestResponse(
                 municipality_code=municipality,
                 registration_count=d.count,
@@ -108,6 +110,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
             more = len(page) > limit
             page = page[:limit]
+            await self._guard.log_served(call, subjects=[request.resident_code] if request.resident_code else [])
             return admin_pb2.ListAccessLogResponse(
                 entries=[
                     admin_pb2.AccessLogEntry(

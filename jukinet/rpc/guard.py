@@ -5,7 +5,7 @@ import datetime as dt
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +118,21 @@ class Guard:
             )
         finally:
             self._metrics.count_rpc(short, code.name, time.perf_counter() - started)
+
+    async def log_served(self, call: Call, *, subjects: Sequence[str] = (), purpose: str = "") -> None:
+        """The OK entry of a call whose handler writes nothing else (a read): durable before the answer
+        leaves. If it cannot be written the call fails (INTERNAL): nothing is read unlogged."""
+        info = call.info
+        entry = AccessEntry(
+            at=dt.datetime.now(dt.UTC),
+            request_id=info.request_id,
+            peer=info.peer,
+            method=info.method,
+            outcome="OK",
+            purpose=purpose,
+            subjects=tuple(subjects),
+        )
+        await self._store.write(lambda conn: SqlTx(conn).append_access([entry]))
 
     async def refuse_undecodable(self, context: grpc.aio.ServicerContext[Any, Any], method: str, problem: str) -> None:
         """A unary request grpcio could not decode (jukinet.rpc.decode_guard): answered INVALID_ARGUMENT and

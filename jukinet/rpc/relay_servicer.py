@@ -99,6 +99,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
             for origin in origins:
                 authz.check_origin(call.caller, origin, self._node)
             heads = await self._store.read(lambda conn: {o: SqlTx(conn).head_seq(o) for o in origins})
+            await self._guard.log_served(call)
             return relay_pb2.GetCursorsResponse(
                 cursors=[relay_pb2.OriginCursor(origin=o, acked_seq=heads[o]) for o in origins]
             )

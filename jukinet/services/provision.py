@@ -48,6 +48,8 @@ class ProvisionTx(Protocol):
 class FeedTx(ProvisionTx, Protocol):
     def feed_start(self, agency: str, purpose: str, now_us: int) -> int: ...
 
+    def feed_subscription_start(self, agency: str, purpose: str) -> int | None: ...
+
     def feed_head(self, agency: str, purpose: str) -> tuple[int, int]: ...
 
     def feed_items(self, agency: str, purpose: str, after_seq: int, limit: int) -> list[tuple[int, ChangeEvent]]: ...
@@ -232,6 +234,16 @@ def next_feed_items(
         )
         tx.append_access([_access(call, now, purpose, [d.event.resident_code for d in deliveries], "OK")])
     return deliveries
+
+
+def feed_pending(tx: FeedTx, *, agency: Agency, purpose: Purpose, after_seq: int) -> bool:
+    """Whether the subscriber has items after `after_seq` to receive (read only: a feed that does not exist
+    yet has none, it starts at the head when first followed)."""
+    start = tx.feed_subscription_start(agency.id, purpose.id)
+    if start is None:
+        return False
+    last_seq, last_event = tx.feed_head(agency.id, purpose.id)
+    return last_seq > after_seq or bool(tx.events_after_id(max(start, last_event), 1))
 
 
 def feed_record(event: ChangeEvent) -> CurrentRecord:

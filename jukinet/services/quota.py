@@ -30,6 +30,21 @@ class Quotas:
         """Items already provided today (from the provision log), so a restart does not reset the quota."""
         self._state[agency_id] = _State(0.0, self.clock(), self.today(), items_today)
 
+    def items_left(self, agency: Agency) -> int | None:
+        """Items the agency may still receive today; None when its daily quota is unlimited."""
+        if agency.items_per_day <= 0:
+            return None
+        state = self._state.get(agency.id)
+        if state is None or state.day != self.today():
+            return agency.items_per_day
+        return max(0, agency.items_per_day - state.items)
+
+    def refund(self, agency: Agency, items: int) -> None:
+        """Gives back items charged for records that were not provided after all (a reservation)."""
+        state = self._state.get(agency.id)
+        if state is not None and state.day == self.today():
+            state.items = max(0, state.items - items)
+
     def charge(self, agency: Agency, items: int, *, rate: bool = True) -> None:
         """Counts one request (when `rate`) and `items` records; QuotaExceeded with a retry hint otherwise."""
         now = self.clock()

@@ -51,7 +51,7 @@ def apply_batch(
     for event in events:
         if event.origin != origin:
             raise InvalidField("events", f"event {event.origin}#{event.seq} is not from batch origin {origin}")
-    for before, after in pairwise(fresh):
+    for before, after in pairwise(events):  # the whole batch, replayed part included: a sender's outbox order
         if after.seq != before.seq + 1:
             raise InvalidField("events", f"seq {after.seq} does not follow {before.seq}; send consecutive events")
     if fresh and fresh[0].seq != cursor + 1:

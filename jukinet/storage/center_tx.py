@@ -42,12 +42,17 @@ class CenterTx(SqlTx):
 
     # -- change feed -------------------------------------------------------------------------------------
 
-    def feed_start(self, agency: str, purpose: str, now_us: int) -> int:
-        """The subscriber's start (created on first use: the feed holds events after that moment)."""
+    def feed_subscription_start(self, agency: str, purpose: str) -> int | None:
+        """The event id the subscriber's feed starts after; None before it was first followed."""
         where = (feed_subscription.c.agency == agency, feed_subscription.c.purpose == purpose)
         start = self.conn.execute(select(feed_subscription.c.start_event_id).where(*where)).scalar()
+        return None if start is None else int(start)
+
+    def feed_start(self, agency: str, purpose: str, now_us: int) -> int:
+        """The subscriber's start (created on first use: the feed holds events after that moment)."""
+        start = self.feed_subscription_start(agency, purpose)
         if start is not None:
-            return int(start)
+            return start
         head = int(self.conn.execute(select(func.coalesce(func.max(event.c.id), 0))).scalar() or 0)
         self.conn.execute(
             insert(feed_subscription),

@@ -320,3 +320,40 @@ async def test_a_bulk_stream_cancelled_mid_way_leaves_the_center_serving(center:
     provided = await center.provisions()
     assert provided[0] == (_code(1), "bulk", PURPOSE)
     assert len(provided) in range(2, 303)  # the answered ones, plus any looked up ahead before the cancel
+
+
+async def test_a_feed_under_quotas_stays_open_and_logs_only_what_it_delivers(
+    pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A feed is one request however long it stays open (1 request/s does not end an idle stream), and the
+    items-per-day quota is reserved before items are numbered: the agency gets 3 of 5 changes, the provision
+    log holds exactly those 3, and a resume is refused without logging the other 2."""
+    agencies = tmp_path / "agencies.toml"
+    agencies.write_text(
+        '[agencies.pension]\nname = "p"\nrequests_per_second = 1\nitems_per_day = 3\n'
+        '[[agencies.pension.purposes]]\nid = "pension-benefit"\nfields = ["name"]\n',
+        encoding="utf-8",
+    )
+    node = await start("center", "", db_factory("center"), pki_dir, agencies=agencies)
+    center = Center(node, pki_dir)
+    try:
+        ch, stub = center.stub()
+        async with ch:
+            call = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=0))
+            await asyncio.sleep(2.0)  # idle for several polls: the stream must still be open
+            for n in range(1, 6):
+                await center.register(_code(n))
+            first = await _read_items(call, 3)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(call.read(), timeout=10)
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "midnight" in (caught.value.details() or "")
+            await asyncio.sleep(1.1)  # a new request token
+            again = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=3))
+            with pytest.raises(grpc.aio.AioRpcError) as resumed:
+                await asyncio.wait_for(again.read(), timeout=10)
+            assert resumed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [i.seq for i in first] == [1, 2, 3]
+        assert await center.provisions() == [(_code(n), "feed", PURPOSE) for n in (1, 2, 3)]
+    finally:
+        await node.stop()

@@ -264,6 +264,11 @@ async def test_replayed_batches_are_idempotent_and_gaps_are_refused(net: Net) ->
             await _push(stub, origin, [event(5, codes[0], R.CHANGE_REASON_INTRA_MOVE)])
         assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert "expected seq 4" in (caught.value.details() or "")
+        # A batch out of order is refused whole, even when its out-of-order event was applied before.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _push(stub, origin, [event(4, codes[0], R.CHANGE_REASON_INTRA_MOVE), batch[0]])
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not follow" in (caught.value.details() or "")
         cursors = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=[origin]), timeout=5)
         assert cursors.cursors[0].acked_seq == 3
     d = await net.center.ctx.store.read(lambda c: queries.digest(c, origin))

@@ -11,6 +11,7 @@ import pytest
 from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import certificate_serial, create_ca, ensure, issue, revoke
 from jukinet.rpc.runtime import RunningNode
+from jukinet.storage import queries
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc
 from tests.helpers.nodes import channel, start
 
@@ -95,3 +96,23 @@ async def test_operator_roles_gate_admin_calls(
                     await make()
                 assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, name
                 assert "needs security-admin" in (caught.value.details() or "")
+
+
+async def test_successful_reads_are_access_logged_too(center: RunningNode, own_pki: Path) -> None:
+    """Not only refusals and writes: an operator reading status, a digest or the access log itself, and a
+    prefecture reading its relay cursors, each leave one OK entry naming the caller and the method."""
+    async with channel(own_pki, "jukinet://operator/center/admin", center.address) as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        await stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        await stub.GetDigest(admin_pb2.GetDigestRequest(municipality_code="132080"), timeout=5)
+        await stub.ListAccessLog(admin_pb2.ListAccessLogRequest(resident_code="12345678903"), timeout=5)
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(relay_pb2.GetCursorsRequest(origins=["132080"]), timeout=5)
+    entries = await center.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=10))
+    logged = [(e.method.rsplit("/", 1)[-1], e.peer, e.outcome, tuple(e.subjects)) for _, e in reversed(entries)]
+    assert logged == [
+        ("GetStatus", "jukinet://operator/center/admin", "OK", ()),
+        ("GetDigest", "jukinet://operator/center/admin", "OK", ()),
+        ("ListAccessLog", "jukinet://operator/center/admin", "OK", ("12345678903",)),
+        ("GetCursors", PREFECTURE.uri, "OK", ()),
+    ]

@@ -74,3 +74,20 @@ def test_a_request_over_the_whole_daily_quota_is_refused_without_a_retry_time() 
         quotas.charge(agency, 11)
     assert caught.value.retry_after_s is None
     quotas.charge(agency, 10)  # nothing was counted for the refused request
+
+
+def test_items_reserved_and_given_back_count_only_what_was_provided() -> None:
+    clock = Clock()
+    agency = Agency("a", "A", {}, items_per_day=10)
+    quotas = _quotas(clock)
+    assert quotas.items_left(agency) == 10
+    quotas.charge(agency, 8, rate=False)  # reserved for a feed batch
+    quotas.refund(agency, 5)  # only 3 were delivered
+    assert quotas.items_left(agency) == 7
+    quotas.charge(agency, 7, rate=False)
+    assert quotas.items_left(agency) == 0
+    clock.day += dt.timedelta(days=1)
+    assert quotas.items_left(agency) == 10
+    quotas.refund(agency, 4)  # yesterday's reservation: today's count is untouched
+    assert quotas.items_left(agency) == 10
+    assert quotas.items_left(Agency("b", "B", {})) is None  # unlimited
