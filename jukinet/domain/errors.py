@@ -123,6 +123,13 @@ class SequenceGap(JukinetError):
         self.got = got
 
 
+class ReplayMismatch(JukinetError):
+    """A relayed event repeats a sequence number this node applied, with other content: the two logs diverge."""
+
+    reason = "REPLAY_MISMATCH"
+    code = "FAILED_PRECONDITION"
+
+
 class CodePoolExhausted(JukinetError):
     """No free 住民票コード left in this municipality's pool; a refill has been requested."""
 

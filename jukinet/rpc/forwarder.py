@@ -161,28 +161,28 @@ class Forwarder:
         for origin, head in (await self._store.read(queries.head_seqs)).items():
             self.notify(origin, head)
         origins = sorted(self._heads)
-        if origins:
-            reply = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=origins), timeout=RPC_TIMEOUT_S)
-            for cursor in reply.cursors:
-                self._acked[cursor.origin] = cursor.acked_seq
-                if cursor.acked_seq > self._heads.get(cursor.origin, 0):
-                    # The next tier holds more of this origin than we do (a restored backup?): the events
-                    # in between would be acknowledged without effect. Operators must reconcile.
-                    log.error(
-                        "upstream_ahead_of_local_log",
-                        origin=cursor.origin,
-                        upstream_seq=cursor.acked_seq,
-                        local_seq=self._heads.get(cursor.origin, 0),
-                    )
-            made = AccessEntry(
-                at=dt.datetime.now(dt.UTC),
-                request_id=uuid.uuid4().hex,
-                peer=self._upstream_identity,
-                method=authz.GET_CURSORS,
-                outcome="OK",
-                direction="made",
-            )
-            await self._store.write(partial(_append_access, made))
+        # Asked even with no origin yet: the session counts as connected only once the upstream answered.
+        reply = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=origins), timeout=RPC_TIMEOUT_S)
+        for cursor in reply.cursors:
+            self._acked[cursor.origin] = cursor.acked_seq
+            if cursor.acked_seq > self._heads.get(cursor.origin, 0):
+                # The next tier holds more of this origin than we do (a restored backup?): the events
+                # in between would be acknowledged without effect. Operators must reconcile.
+                log.error(
+                    "upstream_ahead_of_local_log",
+                    origin=cursor.origin,
+                    upstream_seq=cursor.acked_seq,
+                    local_seq=self._heads.get(cursor.origin, 0),
+                )
+        made = AccessEntry(
+            at=dt.datetime.now(dt.UTC),
+            request_id=uuid.uuid4().hex,
+            peer=self._upstream_identity,
+            method=authz.GET_CURSORS,
+            outcome="OK",
+            direction="made",
+        )
+        await self._store.write(partial(_append_access, made))
         self._set_connected(True)
         self._update_depth()
         log.info("relay_session_open", upstream=self._upstream, cursors=dict(self._acked))

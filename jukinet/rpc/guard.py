@@ -1,6 +1,7 @@
 """Every served call passes one guard: identity from the client certificate, the role table, error
 mapping to status codes, metrics and the access-log entry of a refused or failed call."""
 
+import asyncio
 import datetime as dt
 import random
 import time
@@ -103,6 +104,9 @@ class Guard:
             self._metrics.refused_calls.labels(error.reason).inc()
             await self._refuse(context, method, peer, request_id, code, str(error), purpose, refusal=error)
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:  # the caller went away (cancelled, deadline): count it as such
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as error:
             error_id = uuid.uuid4().hex[:12]

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from jukinet.domain.errors import InvalidField, SequenceGap
+from jukinet.domain.errors import InvalidField, ReplayMismatch, SequenceGap
 from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.domain.registry_state import registrations_from
 from jukinet.services.ports import AccessEntry, RelayTx
@@ -44,8 +44,9 @@ def apply_batch(
     """Applies the events past the receiver's cursor; replays are acknowledged without effect.
 
     Raises SequenceGap if the first new event does not continue the cursor, InvalidField if the batch
-    is not consecutive or names another origin. Writes events (the next hop's outbox and history),
-    registrations and one access-log entry, all in the caller's transaction."""
+    is not consecutive or names another origin, ReplayMismatch if a replayed event is not the one stored.
+    Writes events (the next hop's outbox and history), registrations and one access-log entry, all in the
+    caller's transaction."""
     cursor = tx.head_seq(origin)
     fresh = [e for e in events if e.seq > cursor]
     for event in events:
@@ -56,6 +57,16 @@ def apply_batch(
             raise InvalidField("events", f"seq {after.seq} does not follow {before.seq}; send consecutive events")
     if fresh and fresh[0].seq != cursor + 1:
         raise SequenceGap(origin, cursor + 1, fresh[0].seq)
+    replayed = [e for e in events if e.seq <= cursor]
+    if replayed:  # acknowledged without effect only if it is the very event applied before
+        stored = tx.events_at(origin, [e.seq for e in replayed])
+        for event in replayed:
+            if stored.get(event.seq) != event:
+                raise ReplayMismatch(
+                    f"event {origin}#{event.seq} differs from the one this node applied under that number; the "
+                    "sender's log and this node's diverge: an operator must reconcile them (nothing of this "
+                    "batch was applied)"
+                )
     if fresh:
         tx.insert_events(fresh)
         tx.upsert_registrations(latest_registrations(fresh))

@@ -61,6 +61,7 @@ _INSERT_ACCESS = _Append(
 _ACCESS_HEAD = "SELECT entry_hash FROM access_log ORDER BY id DESC LIMIT 1"
 _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
+_SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE origin = ? AND seq IN ("  # noqa: S608 - constant names
 _SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
 _PEEK_FREE_CODES = "SELECT resident_code FROM free_code ORDER BY id LIMIT ?"
 # The pool's first codes up to and including one of them: a range of the primary key, no per-code lookup.
@@ -228,6 +229,15 @@ class SqlTx:
             for values in self._fetchall(sql, tuple(chunk)):
                 reg = rows.registration_from_tuple(values)
                 found.setdefault(reg.resident_code, []).append(reg)
+        return found
+
+    def events_at(self, origin: str, seqs: Sequence[int]) -> dict[int, ChangeEvent]:
+        found: dict[int, ChangeEvent] = {}
+        for start in range(0, len(seqs), _IN_CHUNK):
+            chunk = tuple(seqs[start : start + _IN_CHUNK])
+            sql = _SELECT_EVENTS_AT + _marks(len(chunk)) + ")"
+            for values in self._fetchall(sql, (origin, *chunk)):
+                found[values[1]] = rows.event_from_tuple(values)
         return found
 
     def events_by_request_id(self, request_ids: Iterable[str]) -> dict[str, ChangeEvent]:

@@ -16,7 +16,7 @@ from jukinet.rpc.error_details import details_of, reason_of
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage.schema import provision_log, registration
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
-from tests.helpers.nodes import AGENCIES, channel, event, start
+from tests.helpers.nodes import AGENCIES, channel, event, eventually, start
 
 R = types_pb2
 ORIGIN = "132080"
@@ -320,6 +320,8 @@ async def test_a_bulk_stream_cancelled_mid_way_leaves_the_center_serving(center:
     provided = await center.provisions()
     assert provided[0] == (_code(1), "bulk", PURPOSE)
     assert len(provided) in range(2, 303)  # the answered ones, plus any looked up ahead before the cancel
+    cancelled = center.node.ctx.metrics.rpcs.labels("LookupResidents", "CANCELLED")
+    await eventually(lambda: cancelled._value.get() == 1)  # counted as cancelled, not as OK
 
 
 async def test_a_feed_under_quotas_stays_open_and_logs_only_what_it_delivers(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import pytest
 
 from jukinet.codes import local_gov_check_digit, resident_code_from_body
 from jukinet.domain.registry_state import Status, current_record
+from jukinet.rpc.error_details import reason_of
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage import SqlTx, queries
 from jukinet.wire.v1 import register_pb2, register_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
@@ -269,6 +271,17 @@ async def test_replayed_batches_are_idempotent_and_gaps_are_refused(net: Net) ->
             await _push(stub, origin, [event(4, codes[0], R.CHANGE_REASON_INTRA_MOVE), batch[0]])
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "does not follow" in (caught.value.details() or "")
+        # A replay is acknowledged without effect only if it repeats the stored event exactly.
+        forged = [
+            batch[1],
+            event(3, codes[2], address="東京都調布市99"),
+            event(4, codes[0], R.CHANGE_REASON_INTRA_MOVE),
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _push(stub, origin, forged)
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(caught.value.trailing_metadata()) == "REPLAY_MISMATCH"
+        assert "#3 differs" in (caught.value.details() or "")
         cursors = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=[origin]), timeout=5)
         assert cursors.cursors[0].acked_seq == 3
     d = await net.center.ctx.store.read(lambda c: queries.digest(c, origin))
@@ -316,3 +329,29 @@ async def test_every_interleaving_of_a_move_between_municipalities_gives_one_fin
         finals.add(tuple(state))
     assert n + 1 == 10
     assert finals == {((alice, Status.ACTIVE, b, "B2"), (bob, Status.ACTIVE, a, "A2"))}
+
+
+async def test_a_node_with_nothing_to_send_reports_an_unreachable_upstream_as_down(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    """jukinet_upstream_connected says whether the next tier answered, not whether a session was begun
+    (a new municipality with no events used to report 1 while its upstream was unreachable)."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"127.0.0.1:{probe.getsockname()[1]}"
+    node = await start("municipality", "132080", f"sqlite:///{tmp_path / 'm.db'}", pki_dir, upstream=unreachable)
+    try:
+        gauge = node.ctx.metrics.upstream_up
+        values: list[float] = []
+        set_value = gauge.set
+
+        def recording(value: float) -> None:
+            values.append(value)
+            set_value(value)
+
+        gauge.set = recording  # type: ignore[method-assign]
+        await asyncio.sleep(1.5)  # several reconnection attempts (backoff 0.2, 0.4, 0.8 s)
+        assert values
+        assert set(values) == {0}
+    finally:
+        await node.stop()
