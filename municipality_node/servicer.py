@@ -84,6 +84,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         async with self._guard.call(context, authz.RECORD_CHANGES) as call:
             authz.check_origin(call.caller, self._origin, self._node)
             async for request in request_iterator:
+                call.check_open()
                 if len(request.changes) > MAX_CHANGES_PER_MESSAGE:
                     raise InvalidField(
                         "changes",

@@ -6,9 +6,10 @@ import datetime as dt
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -51,11 +52,15 @@ class Call:
     caller: NodeId
     info: CallInfo
     switch: LinkSwitch | None = None
+    recheck: Callable[[], None] | None = None
 
     def check_open(self) -> None:
-        """For streams: raises CutOff (UNAVAILABLE) once the node is cut off mid-stream."""
+        """For streams, on every message: raises CutOff (UNAVAILABLE) once the node is cut off mid-stream, and
+        UNAUTHENTICATED once the caller's certificate is revoked or expires (a stream may stay open for days)."""
         if self.switch is not None:
             self.switch.check()
+        if self.recheck is not None:
+            self.recheck()
 
 
 class Guard:
@@ -93,7 +98,12 @@ class Guard:
             link_switch = self._switch if crosses_links(method, self._policy) else None
             if link_switch is not None:
                 link_switch.check()
-            yield Call(caller, CallInfo(peer=peer, request_id=request_id, method=method), link_switch)
+            yield Call(
+                caller,
+                CallInfo(peer=peer, request_id=request_id, method=method),
+                link_switch,
+                partial(self._check_certificate, cert, caller, method),
+            )
         except AlreadyLogged as logged:
             code = grpc.StatusCode[logged.error.code]
             message = str(logged.error)

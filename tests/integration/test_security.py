@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
+from jukinet.codes import resident_code_from_body
 from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import certificate_serial, create_ca, ensure, issue, revoke
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage import queries
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc
-from tests.helpers.nodes import channel, start
+from tests.helpers.nodes import channel, event, start
 
 PREFECTURE = NodeId(Role.PREFECTURE, "13")
 
@@ -59,6 +61,32 @@ async def test_a_revoked_caller_is_refused_on_its_next_call_and_a_renewed_one_ac
         reply = await relay_pb2_grpc.RelayServiceStub(ch).GetCursors(_cursors(), timeout=5)
         assert reply.cursors[0].origin == "132080"
     assert center.ctx.metrics.refused_calls.labels("CERT_REVOKED")._value.get() == 1
+
+
+async def test_a_revoked_caller_loses_the_streams_it_holds_open(center: RunningNode, own_pki: Path) -> None:
+    """A relay stream may stay open for days: revocation reaches its next message, not only new calls."""
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        requests: asyncio.Queue[relay_pb2.PushEventsRequest | None] = asyncio.Queue()
+
+        async def batches() -> AsyncIterator[relay_pb2.PushEventsRequest]:
+            while (request := await requests.get()) is not None:
+                yield request
+
+        call = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(batches())
+        code = resident_code_from_body("0000000001")
+        await requests.put(relay_pb2.PushEventsRequest(origin="132080", events=[event(1, code)]))
+        first = await asyncio.wait_for(call.read(), timeout=10)
+        assert isinstance(first, relay_pb2.PushEventsResponse)
+        assert first.acked_seq == 1
+        revoke(own_pki, [certificate_serial(own_pki / "prefecture-13.pem")])
+        await requests.put(relay_pb2.PushEventsRequest(origin="132080", events=[event(2, code, address="x2")]))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), timeout=10)
+        await requests.put(None)
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (caught.value.details() or "")
+    heads = await center.ctx.store.read(queries.head_seqs)
+    assert heads == {"132080": 1}  # the message after the revocation was not applied
 
 
 async def test_an_expired_certificate_is_refused(center: RunningNode, own_pki: Path) -> None:
