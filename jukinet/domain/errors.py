@@ -103,6 +103,13 @@ class NotRegistered(JukinetError):
     code = "FAILED_PRECONDITION"
 
 
+class RequestIdReused(JukinetError):
+    """A request id seen before, now carrying another change: a retry must repeat the change exactly."""
+
+    reason = "REQUEST_ID_REUSED"
+    code = "ALREADY_EXISTS"
+
+
 class AlreadyRegistered(JukinetError):
     """A create event for a resident this municipality already holds."""
 

@@ -4,7 +4,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jukinet.domain.errors import AlreadyRegistered, CodePoolExhausted, JukinetError, NotRegistered
+from jukinet.domain.errors import AlreadyRegistered, CodePoolExhausted, JukinetError, NotRegistered, RequestIdReused
 from jukinet.domain.model import (
     ASSIGNING_REASONS,
     ChangeEvent,
@@ -42,6 +42,17 @@ class IntakeResult:
     events: list[ChangeEvent]  # the events recorded (committed with the caller's transaction)
 
 
+def _repeats(change: RegisterChange, earlier: ChangeEvent) -> bool:
+    """Whether `change` is the change recorded as `earlier` (a retry), not another one under its request id."""
+    if change.reason is not earlier.reason or change.effective_date != earlier.effective_date:
+        return False
+    if change.reason is ChangeReason.CODE_CHANGE:
+        code_matches = change.resident_code == earlier.previous_code
+    else:  # a code the register named must be the event's; a birth without one got a fresh code
+        code_matches = change.resident_code is None or change.resident_code == earlier.resident_code
+    return code_matches and (change.items is None or change.items == earlier.items)
+
+
 def _needs_new_code(change: RegisterChange) -> bool:
     if change.reason is ChangeReason.CODE_CHANGE:
         return True
@@ -69,7 +80,7 @@ def record_changes(
     events: list[ChangeEvent] = []
     request_ids: list[str] = []
     outcomes: list[Outcome] = []
-    in_batch: dict[str, Accepted] = {}
+    in_batch: dict[str, ChangeEvent] = {}  # by request id: a repeat within the message
     access: list[AccessEntry] = []
     subjects: list[str] = []
 
@@ -78,12 +89,17 @@ def record_changes(
             outcomes.append(change)
             access.append(_access(call, now, change.request_id, [], change.error.code))
             continue
-        earlier = seen.get(change.request_id)
-        if earlier is not None:
-            outcomes.append(Accepted(change.request_id, earlier.resident_code, earlier.seq))
-            continue
-        if change.request_id in in_batch:
-            outcomes.append(in_batch[change.request_id])
+        earlier = seen.get(change.request_id) or in_batch.get(change.request_id)
+        if earlier is not None:  # a retry: the first answer again, if it is the same change
+            if _repeats(change, earlier):
+                outcomes.append(Accepted(change.request_id, earlier.resident_code, earlier.seq))
+            else:
+                error = RequestIdReused(
+                    f"request_id {change.request_id!r} was already used for another change ({earlier.reason.name} "
+                    f"of {earlier.resident_code}, seq {earlier.seq}); send a new change under a new request_id"
+                )
+                outcomes.append(Refused(change.request_id, error))
+                access.append(_access(call, now, change.request_id, _subjects(change), error.code))
             continue
         try:
             event = _event_for(change, origin, seq + 1, current, free, used_codes, now)
@@ -96,9 +112,8 @@ def record_changes(
         request_ids.append(change.request_id)
         for reg in registrations_from(event):
             current[reg.resident_code] = reg
-        accepted = Accepted(change.request_id, event.resident_code, event.seq)
-        in_batch[change.request_id] = accepted
-        outcomes.append(accepted)
+        in_batch[change.request_id] = event
+        outcomes.append(Accepted(change.request_id, event.resident_code, event.seq))
         subjects.extend(_subjects(change, event))
 
     if subjects:

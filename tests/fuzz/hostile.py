@@ -27,6 +27,7 @@ ALLOWED = frozenset(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.ALREADY_EXISTS,  # a request id reused for another change
     }
 )
 

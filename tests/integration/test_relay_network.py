@@ -135,6 +135,36 @@ async def test_a_bad_record_in_a_stream_is_refused_alone(net: Net) -> None:
     assert all(e.peer == "jukinet://register/132080" for e in served)
 
 
+async def test_a_request_id_answers_only_its_own_change_again(net: Net) -> None:
+    """A retry (same request id, same change) gets its first answer; another change under a used id is
+    refused ALREADY_EXISTS and recorded nowhere, whether the id came in an earlier message or this one."""
+    ch, stub = register_stub(net)
+    async with ch:
+        birth = change("b1", R.CHANGE_REASON_EX_OFFICIO_RECORD)
+        first = (await stub.RecordChange(register_pb2.RecordChangeRequest(change=birth), timeout=10)).result
+        retry = (await stub.RecordChange(register_pb2.RecordChangeRequest(change=birth), timeout=10)).result
+        assert (retry.resident_code, retry.seq) == (first.resident_code, first.seq)
+        code = first.resident_code
+        batch = [
+            change("b1", R.CHANGE_REASON_DEATH, code, with_items=False),  # reuses an earlier id
+            change("n1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2"),
+            change("n1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市2"),  # a repeat in the message
+            change("n1", R.CHANGE_REASON_INTRA_MOVE, code, address="東京都調布市3"),  # another change, same id
+        ]
+        call = stub.RecordChanges(iter([register_pb2.RecordChangesRequest(changes=batch)]))
+        results = [r for response in [r async for r in call] for r in response.results]
+    exists = grpc.StatusCode.ALREADY_EXISTS.value[0]
+    assert [r.status_code for r in results] == [exists, 0, 0, exists]
+    assert [r.error_reason for r in results] == ["REQUEST_ID_REUSED", "", "", "REQUEST_ID_REUSED"]
+    assert results[1].seq == results[2].seq == first.seq + 1
+    assert "new request_id" in results[0].message
+    regs = await net.municipality.ctx.store.read(lambda c: SqlTx(c).registrations_of([code]))
+    record = current_record(regs[code])
+    assert record is not None
+    assert record.status is Status.ACTIVE  # the death under a used id was not recorded
+    assert record.registration.items.address == "東京都調布市2"
+
+
 async def test_a_retired_code_is_never_registered_again(net: Net) -> None:
     ch, stub = register_stub(net)
     async with ch:
