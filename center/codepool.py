@@ -47,10 +47,14 @@ def random_codes(count: int) -> list[str]:
 
 
 def _already_issued(conn: Connection, candidates: Sequence[str]) -> set[str]:
+    """Candidates the network already knows: issued in a pool, or registered anywhere (a municipality can
+    record a code it did not draw from its pool, e.g. one a resident brings along; it must never be drawn)."""
     found: set[str] = set()
     iterator = iter(candidates)
     while chunk := list(islice(iterator, 5000)):
-        found.update(SqlTx(conn).issued_among(chunk))
+        tx = SqlTx(conn)
+        found.update(tx.issued_among(chunk))
+        found.update(tx.registrations_of(chunk))
     return found
 
 

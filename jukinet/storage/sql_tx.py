@@ -59,6 +59,7 @@ _INSERT_ACCESS = _Append(
 # The chain head: the newest row's hash (a primary-key lookup). Read in the caller's transaction, so it
 # sees the group commit's earlier jobs and never a row of a SAVEPOINT that was rolled back.
 _ACCESS_HEAD = "SELECT entry_hash FROM access_log ORDER BY id DESC LIMIT 1"
+_LOCK_ACCESS_CHAIN = "SELECT pg_advisory_xact_lock(5801001)"  # a constant key: the access-log chain
 _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE origin = ? AND seq IN ("  # noqa: S608 - constant names
@@ -157,6 +158,10 @@ class SqlTx:
         self._executemany(_UPSERT_REGISTRATION, [rows.registration_tuple(r) for r in registrations])
 
     def _access_head(self) -> bytes:
+        if self._placeholder != "?":
+            # PostgreSQL: hold the chain until commit, so a second writer (another process on the same
+            # database) cannot read the same head and fork the chain. SQLite allows one writer anyway.
+            self._execute(_LOCK_ACCESS_CHAIN, ())
         found = self._fetchall(_ACCESS_HEAD, ())
         return GENESIS if not found or found[0][0] is None else bytes(found[0][0])
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import Connection
 
 from jukinet.audit import (
     GENESIS,
@@ -415,3 +416,25 @@ async def test_a_parent_that_lost_its_witnessed_checkpoints_asks_for_the_chain_f
     report = verify_databases(net.urls["municipality"], net.urls["prefecture"])
     assert report.ok, report.problem
     assert report.witnessed == 1
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])  # SQLite: one writer
+async def test_two_writers_on_one_postgresql_database_keep_one_chain(db_factory: Callable[[str], str]) -> None:
+    """Center replicas on one PostgreSQL database (ARCHITECTURE §8) append to one access log: each reads the
+    chain head under a lock held to its commit, so the chain never forks (it did: a false tamper alarm)."""
+    url = db_factory("center")
+    first, second = Store(url), Store(url)
+    try:
+
+        def append(n: int) -> Callable[[Connection], None]:
+            entry = AccessEntry(at=dt.datetime.now(dt.UTC), request_id=f"r{n}", peer="p", method="/m", outcome="OK")
+            return lambda conn: SqlTx(conn).append_access([entry])
+
+        await asyncio.gather(*((first if n % 2 else second).write(append(n)) for n in range(100)))
+        with first.engine.connect() as conn:
+            result = verify_log(list(audit_repo.log_rows(conn)), [])
+        assert result.ok, result.summary()
+        assert result.entries == 100
+    finally:
+        first.close()
+        second.close()

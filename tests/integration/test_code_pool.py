@@ -13,6 +13,7 @@ from center import codepool
 from center.codepool import allocate
 from jukinet.codes import valid_resident_code
 from jukinet.domain.errors import InvalidField
+from jukinet.domain.model import ChangeReason, IdentityItems, Registration, Sex
 from jukinet.rpc.error_details import details_of
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, make_engine, queries
@@ -53,12 +54,21 @@ def test_random_codes_are_valid_distinct_draws() -> None:
 def test_a_pool_skips_codes_drawn_twice_or_issued_before(
     db_factory: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The draws are scripted: repeats within a draw, across draws and of earlier pools never reach a pool."""
+    """The draws are scripted: repeats within a draw, across draws, of earlier pools, and codes registered
+    somewhere without coming from a pool never reach a pool."""
     engine = make_engine(db_factory("center"))
     with engine.begin() as conn:
         _, earlier = allocate(conn, request="a", municipality="132080", count=3, call=CALL, now=NOW)
     fresh = [c for c in codepool.random_codes(10) if c not in earlier]
-    draws = iter([[fresh[0], earlier[0], fresh[0], fresh[1]], [earlier[2], fresh[2]], [fresh[1]], [fresh[3]]])
+    registered = fresh.pop()  # recorded by a municipality, never issued by the center
+    items = IdentityItems("山田\u3000太郎", dt.date(1980, 4, 1), Sex.MALE, "東京都調布市1")
+    with engine.begin() as conn:
+        SqlTx(conn).upsert_registrations(
+            [Registration(registered, "132187", items, True, ChangeReason.EX_OFFICIO_RECORD, NOW.date(), NOW, 1)]
+        )
+    draws = iter(
+        [[fresh[0], earlier[0], fresh[0], fresh[1]], [earlier[2], registered], [fresh[2], fresh[1]], [fresh[3]]]
+    )
 
     def scripted(count: int) -> list[str]:
         draw = next(draws)
