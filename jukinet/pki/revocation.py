@@ -6,11 +6,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from jukinet.pki.ca import _load_ca
 
+log = structlog.get_logger(__name__)
 CRL_FILE = "crl.pem"
 _NEXT_UPDATE = datetime.timedelta(days=7)
 
@@ -57,13 +59,15 @@ def _load(pki_dir: Path) -> x509.CertificateRevocationList | None:
 
 
 class RevocationList:
-    """The revoked serials, re-read whenever crl.pem changes; a CRL not signed by our CA is ignored."""
+    """The revoked serials, re-read whenever crl.pem changes. A CRL not signed by our CA is ignored, and a
+    deleted one keeps the last list: only a newer signed CRL can take a revocation back."""
 
     def __init__(self, pki_dir: Path) -> None:
         self._pki_dir = pki_dir
         self._path = str(crl_path(pki_dir))  # checked on every call: a plain os.stat, no Path building
         self._stamp: tuple[int, int] | None = None
         self._serials: frozenset[int] = frozenset()
+        self._missing_reported = False
 
     def is_revoked(self, serial: int) -> bool:
         self._refresh()
@@ -73,7 +77,9 @@ class RevocationList:
         try:
             stat = os.stat(self._path)
         except FileNotFoundError:
-            self._stamp, self._serials = None, frozenset()
+            if self._serials and not self._missing_reported:  # deleting the CRL must not un-revoke anyone
+                log.error("crl_missing_keeping_last", path=self._path, revoked=len(self._serials))
+                self._missing_reported = True
             return
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
@@ -84,3 +90,4 @@ class RevocationList:
             return  # keep the last good list; a forged CRL must not un-revoke anyone
         self._stamp = stamp
         self._serials = frozenset(entry.serial_number for entry in crl)
+        self._missing_reported = False

@@ -144,3 +144,16 @@ async def test_successful_reads_are_access_logged_too(center: RunningNode, own_p
         ("ListAccessLog", "jukinet://operator/center/admin", "OK", ("12345678903",)),
         ("GetCursors", PREFECTURE.uri, "OK", ()),
     ]
+
+
+async def test_deleting_the_crl_does_not_take_a_revocation_back(center: RunningNode, own_pki: Path) -> None:
+    revoke(own_pki, [certificate_serial(own_pki / "prefecture-13.pem")])
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        stub = relay_pb2_grpc.RelayServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetCursors(_cursors(), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        (own_pki / "crl.pem").unlink()
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stub.GetCursors(_cursors(), timeout=5)
+        assert again.value.code() is grpc.StatusCode.UNAUTHENTICATED
