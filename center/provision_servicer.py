@@ -187,15 +187,13 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                 call.check_open()
                 # Items are reserved before they are numbered and provision-logged, and what is not delivered
                 # is given back: a quota refusal never leaves entries for records the agency did not get.
-                left = self._quotas.items_left(agency)
-                limit = FEED_BATCH if left is None else min(FEED_BATCH, left)
+                limit = self._quotas.reserve(agency, FEED_BATCH)
                 if limit == 0:
                     pending = partial(_feed_pending, agency=agency, purpose=purpose, after_seq=after)
                     if await self._store.read(pending):
                         self._quotas.charge(agency, 1, rate=False)  # refused: retry after midnight JST
                     await self._wait_for_events()
                     continue
-                self._quotas.charge(agency, limit, rate=False)
                 delivered = 0
                 try:
                     now = dt.datetime.now(dt.UTC)

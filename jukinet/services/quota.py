@@ -39,6 +39,15 @@ class Quotas:
             return agency.items_per_day
         return max(0, agency.items_per_day - state.items)
 
+    def reserve(self, agency: Agency, wanted: int) -> int:
+        """Charges up to `wanted` items of today's quota (no request) and returns how many: 0 when none is
+        left. Give back what was not provided with `refund`."""
+        left = self.items_left(agency)
+        granted = wanted if left is None else min(wanted, left)
+        if granted:
+            self.charge(agency, granted, rate=False)
+        return granted
+
     def refund(self, agency: Agency, items: int) -> None:
         """Gives back items charged for records that were not provided after all (a reservation)."""
         state = self._state.get(agency.id)

@@ -73,6 +73,22 @@ async def center(pki_dir: Path, db_factory: Callable[[str], str]) -> AsyncIterat
         await node.stop()
 
 
+@pytest.fixture
+async def limited_center(pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path) -> AsyncIterator[Center]:
+    """A center whose pension agency may make 1 request a second and receive 3 items a day."""
+    agencies = tmp_path / "agencies.toml"
+    agencies.write_text(
+        '[agencies.pension]\nname = "p"\nrequests_per_second = 1\nitems_per_day = 3\n'
+        '[[agencies.pension.purposes]]\nid = "pension-benefit"\nfields = ["name"]\n',
+        encoding="utf-8",
+    )
+    node = await start("center", "", db_factory("center"), pki_dir, agencies=agencies)
+    try:
+        yield Center(node, pki_dir)
+    finally:
+        await node.stop()
+
+
 async def test_search_matches_exactly_after_normalization_on_allowed_key_sets(center: Center) -> None:
     await center.register(_code(1), address="東京都調布市小島町2丁目35番1号")
     await center.register(_code(2), address="東京都調布市国領町1番")
@@ -225,44 +241,31 @@ async def test_the_change_feed_resumes_without_gap_or_duplicate(center: Center) 
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_quota_exceeded_is_resource_exhausted_with_a_retry_hint(
-    pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path
-) -> None:
-    agencies = tmp_path / "agencies.toml"
-    agencies.write_text(
-        '[agencies.pension]\nname = "p"\nrequests_per_second = 1\nitems_per_day = 3\n'
-        '[[agencies.pension.purposes]]\nid = "pension-benefit"\nfields = ["name"]\n',
-        encoding="utf-8",
-    )
-    node = await start("center", "", db_factory("center"), pki_dir, agencies=agencies)
-    center = Center(node, pki_dir)
-    try:
-        await center.register(_code(1))
-        ch, stub = center.stub()
-        async with ch:
-            request = provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=_code(1))
+async def test_quota_exceeded_is_resource_exhausted_with_a_retry_hint(limited_center: Center) -> None:
+    await limited_center.register(_code(1))
+    ch, stub = limited_center.stub()
+    async with ch:
+        request = provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=_code(1))
+        await stub.LookupResident(request, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.LookupResident(request, timeout=10)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.LookupResident(request, timeout=10)
-            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "retry in" in (caught.value.details() or "")
-            # The same hint, for programs: google.rpc.RetryInfo, with ErrorInfo naming the reason.
-            rich = details_of(caught.value.trailing_metadata())
-            assert rich is not None
-            assert rich.message == caught.value.details()
-            retry = error_details_pb2.RetryInfo()
-            assert [d.Unpack(retry) for d in rich.details if d.Is(retry.DESCRIPTOR)] == [True]
-            assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1.0
-            await asyncio.sleep(1.1)
-            call = stub.LookupResidents(
-                iter([provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)] * 3)])
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                _ = [r async for r in call]
-            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "items left today" in (caught.value.details() or "")
-    finally:
-        await node.stop()
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "retry in" in (caught.value.details() or "")
+        # The same hint, for programs: google.rpc.RetryInfo, with ErrorInfo naming the reason.
+        rich = details_of(caught.value.trailing_metadata())
+        assert rich is not None
+        assert rich.message == caught.value.details()
+        retry = error_details_pb2.RetryInfo()
+        assert [d.Unpack(retry) for d in rich.details if d.Is(retry.DESCRIPTOR)] == [True]
+        assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1.0
+        await asyncio.sleep(1.1)
+        call = stub.LookupResidents(
+            iter([provision_pb2.LookupResidentsRequest(purpose=PURPOSE, resident_codes=[_code(1)] * 3)])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [r async for r in call]
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "items left today" in (caught.value.details() or "")
 
 
 async def test_a_bulk_refusal_mid_stream_comes_after_the_answers_before_it(center: Center) -> None:
@@ -324,38 +327,25 @@ async def test_a_bulk_stream_cancelled_mid_way_leaves_the_center_serving(center:
     await eventually(lambda: cancelled._value.get() == 1)  # counted as cancelled, not as OK
 
 
-async def test_a_feed_under_quotas_stays_open_and_logs_only_what_it_delivers(
-    pki_dir: Path, db_factory: Callable[[str], str], tmp_path: Path
-) -> None:
+async def test_a_feed_under_quotas_stays_open_and_logs_only_what_it_delivers(limited_center: Center) -> None:
     """A feed is one request however long it stays open (1 request/s does not end an idle stream), and the
     items-per-day quota is reserved before items are numbered: the agency gets 3 of 5 changes, the provision
     log holds exactly those 3, and a resume is refused without logging the other 2."""
-    agencies = tmp_path / "agencies.toml"
-    agencies.write_text(
-        '[agencies.pension]\nname = "p"\nrequests_per_second = 1\nitems_per_day = 3\n'
-        '[[agencies.pension.purposes]]\nid = "pension-benefit"\nfields = ["name"]\n',
-        encoding="utf-8",
-    )
-    node = await start("center", "", db_factory("center"), pki_dir, agencies=agencies)
-    center = Center(node, pki_dir)
-    try:
-        ch, stub = center.stub()
-        async with ch:
-            call = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=0))
-            await asyncio.sleep(2.0)  # idle for several polls: the stream must still be open
-            for n in range(1, 6):
-                await center.register(_code(n))
-            first = await _read_items(call, 3)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await asyncio.wait_for(call.read(), timeout=10)
-            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "midnight" in (caught.value.details() or "")
-            await asyncio.sleep(1.1)  # a new request token
-            again = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=3))
-            with pytest.raises(grpc.aio.AioRpcError) as resumed:
-                await asyncio.wait_for(again.read(), timeout=10)
-            assert resumed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert [i.seq for i in first] == [1, 2, 3]
-        assert await center.provisions() == [(_code(n), "feed", PURPOSE) for n in (1, 2, 3)]
-    finally:
-        await node.stop()
+    ch, stub = limited_center.stub()
+    async with ch:
+        call = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=0))
+        await asyncio.sleep(2.0)  # idle for several polls: the stream must still be open
+        for n in range(1, 6):
+            await limited_center.register(_code(n))
+        first = await _read_items(call, 3)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "midnight" in (caught.value.details() or "")
+        await asyncio.sleep(1.1)  # a new request token
+        again = stub.FollowChanges(provision_pb2.FollowChangesRequest(purpose=PURPOSE, after_seq=3))
+        with pytest.raises(grpc.aio.AioRpcError) as resumed:
+            await asyncio.wait_for(again.read(), timeout=10)
+        assert resumed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [i.seq for i in first] == [1, 2, 3]
+    assert await limited_center.provisions() == [(_code(n), "feed", PURPOSE) for n in (1, 2, 3)]

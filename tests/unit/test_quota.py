@@ -81,13 +81,14 @@ def test_items_reserved_and_given_back_count_only_what_was_provided() -> None:
     agency = Agency("a", "A", {}, items_per_day=10)
     quotas = _quotas(clock)
     assert quotas.items_left(agency) == 10
-    quotas.charge(agency, 8, rate=False)  # reserved for a feed batch
+    assert quotas.reserve(agency, 8) == 8  # reserved for a feed batch
     quotas.refund(agency, 5)  # only 3 were delivered
     assert quotas.items_left(agency) == 7
-    quotas.charge(agency, 7, rate=False)
-    assert quotas.items_left(agency) == 0
+    assert quotas.reserve(agency, 500) == 7  # no more than is left
+    assert quotas.reserve(agency, 500) == 0
     clock.day += dt.timedelta(days=1)
     assert quotas.items_left(agency) == 10
     quotas.refund(agency, 4)  # yesterday's reservation: today's count is untouched
     assert quotas.items_left(agency) == 10
     assert quotas.items_left(Agency("b", "B", {})) is None  # unlimited
+    assert quotas.reserve(Agency("b", "B", {}), 500) == 500
