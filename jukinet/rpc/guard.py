@@ -115,7 +115,8 @@ class Guard:
             await self._refuse(context, method, peer, request_id, code, str(error), purpose, refusal=error)
         except grpc.aio.AbortError:
             raise
-        except asyncio.CancelledError:  # the caller went away (cancelled, deadline): count it as such
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away (cancelled, deadline): a stream
+            # handler is closed at its `yield` (GeneratorExit), a unary one cancelled: count both as such
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as error:
