@@ -446,7 +446,9 @@ async def measure_ceiling(
 
 def preload_center(db_path: Path, count: int, seed: int, today: dt.date) -> float:
     """`count` residents of PRELOAD_ORIGIN as the center would hold them: events seq 1..count,
-    registrations and issued codes, in PRELOAD_TXN_ROWS-row transactions of raw executemany."""
+    registrations and issued codes, in PRELOAD_TXN_ROWS-row transactions of raw executemany. Every code is
+    issued and none retired, so the events count as already reconciled (the center's code check starts
+    after them instead of re-reading a million events during the measurement)."""
     started = time.perf_counter()
     make_engine(f"sqlite:///{db_path}").dispose()
     pool = people(PRELOAD_ORIGIN, POOL_SIZE, seed + 1, today)
@@ -484,6 +486,10 @@ def preload_center(db_path: Path, count: int, seed: int, today: dt.date) -> floa
                 last_report = time.monotonic()
                 done = start + len(events)
                 say(f"  preload {done:,}/{count:,} residents ({done / (time.perf_counter() - started):,.0f}/s)")
+        db.execute(
+            "INSERT INTO code_check_cursor (id, checked_through) VALUES (1, (SELECT max(id) FROM event))"
+            " ON CONFLICT (id) DO UPDATE SET checked_through = excluded.checked_through"
+        )
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()

@@ -2,6 +2,7 @@
 
 import grpc
 
+from center.code_checker import CodeChecker
 from center.codepool import CodePoolServicer
 from center.disclosure_servicer import DisclosureServicer
 from center.provision_indexer import ProvisionIndexer
@@ -50,6 +51,7 @@ def build(ctx: NodeContext) -> NodeParts:
     audit = AuditServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, ctx.paths)
     checkpointer = Checkpointer(node=ctx.config.identity, store=ctx.store, paths=ctx.paths, metrics=ctx.metrics)
     indexer = ProvisionIndexer(ctx.store, ctx.metrics)
+    code_checker = CodeChecker(ctx.store, ctx.metrics)
 
     def add(server: grpc.aio.Server) -> None:
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relay, server)
@@ -69,5 +71,5 @@ def build(ctx: NodeContext) -> NodeParts:
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ],
-        tasks=[checkpointer.run, indexer.run],
+        tasks=[checkpointer.run, indexer.run, code_checker.run],
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Annotated
 
@@ -180,6 +180,7 @@ async def run_demo(root: Path, residents: int, changes: int, seed: int) -> bool:
                 await asyncio.sleep(0.5)
             progress.update(task3, total=1, completed=1)
         ok = report(net, pusher, digests, await _statuses(net, op))
+        await code_check(net)
         if AGENCY_REGISTRY.exists():
             await agency_scene(net, workload)
         return ok
@@ -221,6 +222,26 @@ async def agency_scene(net: LocalNetwork, workload: Workload) -> None:
             p.channel,
         )
     console.print(table)
+
+
+async def code_check(net: LocalNetwork, limit_s: float = 30) -> None:
+    """Waits for the center's 住民票コード check to reach the last event, then says what it found."""
+    center = net.nodes[slug(CENTER)]
+    async with client_channel(center.listen, net.pki_dir, center.operator) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        deadline = time.monotonic() + limit_s
+        while True:
+            reply = await stub.ListCodeAnomalies(admin_pb2.ListCodeAnomaliesRequest(page_size=1000), timeout=10)
+            if reply.unchecked_events == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    if reply.unchecked_events:
+        console.print(f"[yellow]住民票コード check: {reply.unchecked_events} events not checked yet[/yellow]")
+    elif not reply.anomalies:
+        console.print("住民票コード check: every code was issued by the center; no retired code in use")
+    else:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(Counter(a.kind for a in reply.anomalies).items()))
+        console.print(f"[yellow]住民票コード check: {kinds} (see jukinet codes anomalies)[/yellow]")
 
 
 async def _statuses(net: LocalNetwork, op: Operator) -> dict[str, admin_pb2.GetStatusResponse]:

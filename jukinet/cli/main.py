@@ -227,13 +227,14 @@ def log_show(
 
 
 def _register_commands() -> None:
-    from jukinet.cli import agency, audit, demo, disclose, register_import
+    from jukinet.cli import agency, audit, codes, demo, disclose, register_import
 
     register_app.command("import")(register_import.import_file)
     app.command("demo")(demo.demo)
     app.command("disclose")(disclose.disclose)
     app.add_typer(agency.agency_app, name="agency")
     app.add_typer(audit.audit_app, name="audit")
+    app.add_typer(codes.codes_app, name="codes")
 
 
 _register_commands()

@@ -103,6 +103,13 @@ class NotRegistered(JukinetError):
     code = "FAILED_PRECONDITION"
 
 
+class NotOnThisNode(JukinetError):
+    """The call is served by another kind of node (say, code reconciliation: the center only)."""
+
+    reason = "NOT_ON_THIS_NODE"
+    code = "FAILED_PRECONDITION"
+
+
 class RequestIdReused(JukinetError):
     """A request id seen before, now carrying another change: a retry must repeat the change exactly."""
 

@@ -60,6 +60,12 @@ class NodeMetrics:
         )
         self.free_codes = Gauge("jukinet_free_codes", "Free 住民票コード in this node's pool.", registry=r)
         self.cut_off = Gauge("jukinet_cut_off", "1 while an operator has cut this node off its links.", registry=r)
+        self.code_anomalies = Gauge(
+            "jukinet_code_anomalies",
+            "Center: 住民票コード held but never issued, or retired and still in use (jukinet codes anomalies).",
+            ["kind"],
+            registry=r,
+        )
         self.provisions_unindexed = Gauge(
             "jukinet_provision_log_unindexed",
             "Center: provision entries not yet in the by-resident index (disclosure scans them; should stay small).",

@@ -8,8 +8,8 @@ import grpc
 import structlog
 from sqlalchemy import Connection
 
-from jukinet.domain.errors import InvalidField
-from jukinet.domain.identity import NodeId
+from jukinet.domain.errors import InvalidField, NotOnThisNode
+from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import local_gov_code, page_token, text
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
@@ -18,7 +18,7 @@ from jukinet.rpc.guard import Guard
 from jukinet.rpc.switch import LinkSwitch, store_reason
 from jukinet.services.ports import AccessEntry
 from jukinet.services.relay import CallInfo
-from jukinet.storage import SqlTx, Store, queries
+from jukinet.storage import SqlTx, Store, code_checks, queries
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -127,6 +127,50 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     for entry_id, e in page
                 ],
                 next_page_token=str(page[-1][0]) if more and page else "",
+            )
+        raise AssertionError("unreachable")
+
+    async def ListCodeAnomalies(
+        self, request: admin_pb2.ListCodeAnomaliesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListCodeAnomaliesResponse:
+        async with self._guard.call(context, authz.LIST_CODE_ANOMALIES) as call:
+            authz.check_operator_of(call.caller, self._node)
+            if self._node.role is not Role.CENTER:
+                raise NotOnThisNode(
+                    f"{self._node.uri} does not reconcile 住民票コード: only the center knows which codes it issued; "
+                    "ask the center"
+                )
+            if request.page_size < 0:
+                raise InvalidField("page_size", "must not be negative")
+            if request.kind and request.kind not in code_checks.KINDS:
+                raise InvalidField("kind", f"{request.kind[:40]!r} is not a kind; use {' or '.join(code_checks.KINDS)}")
+            limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+            before = page_token("page_token", request.page_token)
+
+            def read(c: Connection) -> tuple[list[code_checks.CodeAnomaly], int]:
+                page = code_checks.anomaly_page(c, before_id=before, limit=limit + 1, kind=request.kind)
+                return page, code_checks.unchecked(c)
+
+            page, unchecked = await self._store.read(read)
+            more = len(page) > limit
+            page = page[:limit]
+            await self._guard.log_served(call, subjects=[a.resident_code for a in page])
+            return admin_pb2.ListCodeAnomaliesResponse(
+                anomalies=[
+                    admin_pb2.CodeAnomaly(
+                        id=a.id,
+                        detected_time=timestamp(a.detected_at) if a.detected_at else None,
+                        resident_code=a.resident_code,
+                        kind=a.kind,
+                        municipality_code=a.municipality,
+                        origin=a.origin,
+                        seq=a.seq,
+                        detail=a.detail,
+                    )
+                    for a in page
+                ],
+                next_page_token=str(page[-1].id) if more and page else "",
+                unchecked_events=unchecked,
             )
         raise AssertionError("unreachable")
 

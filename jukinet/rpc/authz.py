@@ -14,6 +14,7 @@ GET_DIGEST = _PKG + "AdminService/GetDigest"
 LIST_ACCESS_LOG = _PKG + "AdminService/ListAccessLog"
 CUT_OFF = _PKG + "AdminService/CutOff"
 RESUME = _PKG + "AdminService/Resume"
+LIST_CODE_ANOMALIES = _PKG + "AdminService/ListCodeAnomalies"
 LOOKUP_RESIDENT = _PKG + "ProvisionService/LookupResident"
 SEARCH_RESIDENTS = _PKG + "ProvisionService/SearchResidents"
 LOOKUP_RESIDENTS = _PKG + "ProvisionService/LookupResidents"
@@ -29,6 +30,7 @@ _ADMIN = {
     LIST_ACCESS_LOG: _OPERATOR,
     CUT_OFF: _OPERATOR,
     RESUME: _OPERATOR,
+    LIST_CODE_ANOMALIES: _OPERATOR,
 }
 
 MUNICIPALITY_POLICY = {
@@ -102,6 +104,7 @@ OPERATOR_MINIMUM_ROLE = {
     GET_STATUS: VIEWER,
     GET_DIGEST: VIEWER,
     DISCLOSE_RESIDENT: CLERK,
+    LIST_CODE_ANOMALIES: CLERK,
     LIST_ACCESS_LOG: SECURITY_ADMIN,
     CUT_OFF: SECURITY_ADMIN,
     RESUME: SECURITY_ADMIN,

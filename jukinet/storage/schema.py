@@ -205,6 +205,31 @@ provision_key_cursor = Table(
     Column("indexed_through", BigInteger, nullable=False),  # provision_log.id of the last entry in provision_key
 )
 
+# Center: 住民票コード the network holds but should not (jukinet/storage/code_checks.py): never issued by the
+# center, or retired by a code change and still registered as active elsewhere. One row per (code, kind);
+# the relay applies such changes anyway (refusing one would block its municipality's queue): operators
+# reconcile them from this list (jukinet codes anomalies).
+code_anomaly = Table(
+    "code_anomaly",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("detected_us", BigInteger, nullable=False),
+    Column("resident_code", String(11), nullable=False),
+    Column("kind", String(16), nullable=False),  # unissued | retired_in_use
+    Column("municipality", String(6), nullable=False),  # where the code is (or was first) registered
+    Column("origin", String(6), nullable=False),  # the event that brought it to the operator's attention
+    Column("seq", BigInteger, nullable=False),
+    Column("detail", String(300), nullable=False),
+    UniqueConstraint("resident_code", "kind", name="uq_code_anomaly_code_kind"),
+)
+# Center: event.id of the last event whose codes were checked.
+code_check_cursor = Table(
+    "code_check_cursor",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),  # the one row: 1
+    Column("checked_through", BigInteger, nullable=False),
+)
+
 # Center: change-feed subscribers (agency, purpose) and the items delivered to them, numbered per subscriber.
 feed_subscription = Table(
     "feed_subscription",

@@ -20,6 +20,7 @@ def test_demo_ends_with_every_tier_in_agreement(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "every tier agrees" in result.stdout
     assert result.stdout.count("in sync") == 3
+    assert "every code was issued by the center; no retired code in use" in result.stdout
     assert (run / "data" / "center.db").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "node processes were left behind"

@@ -20,6 +20,122 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ListCodeAnomaliesRequest(_message.Message):
+    """Asks for recorded code anomalies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many entries (default 50, maximum 1000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    kind: _builtins.str
+    """Only this kind ("unissued" or "retired_in_use"), when set."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCodeAnomaliesRequest: _TypeAlias = ListCodeAnomaliesRequest  # noqa: Y015
+
+@_typing.final
+class ListCodeAnomaliesResponse(_message.Message):
+    """A page of code anomalies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANOMALIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    UNCHECKED_EVENTS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more."""
+    unchecked_events: _builtins.int
+    """Events applied at the center whose codes are not checked yet."""
+    @_builtins.property
+    def anomalies(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeAnomaly]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        anomalies: _abc.Iterable[Global___CodeAnomaly] | None = ...,
+        next_page_token: _builtins.str = ...,
+        unchecked_events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "next_page_token", b"next_page_token", "unchecked_events", b"unchecked_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCodeAnomaliesResponse: _TypeAlias = ListCodeAnomaliesResponse  # noqa: Y015
+
+@_typing.final
+class CodeAnomaly(_message.Message):
+    """One 住民票コード that needs reconciling."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DETECTED_TIME_FIELD_NUMBER: _builtins.int
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Position in the center's list."""
+    resident_code: _builtins.str
+    """The code."""
+    kind: _builtins.str
+    """"unissued": the center never issued it; "retired_in_use": a code change retired it, and another
+    municipality holds it as active from that date on.
+    """
+    municipality_code: _builtins.str
+    """The municipality that registered it (unissued: where it was first seen; retired_in_use: the holder)."""
+    origin: _builtins.str
+    """The change event that showed it: origin municipality and seq."""
+    seq: _builtins.int
+    """Seq of that event at its origin."""
+    detail: _builtins.str
+    """What was found, for the operator."""
+    @_builtins.property
+    def detected_time(self) -> _timestamp_pb2.Timestamp:
+        """When the center found it."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        detected_time: _timestamp_pb2.Timestamp | None = ...,
+        resident_code: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        municipality_code: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detected_time", b"detected_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "detected_time", b"detected_time", "id", b"id", "kind", b"kind", "municipality_code", b"municipality_code", "origin", b"origin", "resident_code", b"resident_code", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CodeAnomaly: _TypeAlias = CodeAnomaly  # noqa: Y015
+
+@_typing.final
 class CutOffRequest(_message.Message):
     """Asks to cut the node off."""
 

@@ -60,6 +60,11 @@ class AdminServiceStub:
                 request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
                 response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeResponse.FromString,
                 _registered_method=True)
+        self.ListCodeAnomalies = channel.unary_unary(
+                '/jukinet.wire.v1.AdminService/ListCodeAnomalies',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -102,6 +107,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCodeAnomalies(self, request, context):
+        """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
+        newest first. Other nodes answer FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Resume,
                     request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeRequest.FromString,
                     response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeResponse.SerializeToString,
+            ),
+            'ListCodeAnomalies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCodeAnomalies,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class AdminService:
             '/jukinet.wire.v1.AdminService/Resume',
             jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
             jukinet_dot_wire_dot_v1_dot_admin__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCodeAnomalies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.wire.v1.AdminService/ListCodeAnomalies',
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

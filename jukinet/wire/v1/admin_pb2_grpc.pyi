@@ -45,6 +45,10 @@ class AdminServiceStub:
     """
     Resume: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]
     """Ends a cut-off: links reopen and outboxes drain."""
+    ListCodeAnomalies: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCodeAnomaliesRequest, _admin_pb2.ListCodeAnomaliesResponse]
+    """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
+    newest first. Other nodes answer FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -63,6 +67,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     Resume: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]  # type: ignore[assignment]
     """Ends a cut-off: links reopen and outboxes drain."""
+    ListCodeAnomalies: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCodeAnomaliesRequest, _admin_pb2.ListCodeAnomaliesResponse]  # type: ignore[assignment]
+    """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
+    newest first. Other nodes answer FAILED_PRECONDITION.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every node to operators (certificate jukinet://operator/<node>/<id>)."""
@@ -108,5 +116,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ResumeResponse, _abc.Awaitable[_admin_pb2.ResumeResponse]]:
         """Ends a cut-off: links reopen and outboxes drain."""
+
+    @_abc_1.abstractmethod
+    def ListCodeAnomalies(
+        self,
+        request: _admin_pb2.ListCodeAnomaliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCodeAnomaliesResponse, _abc.Awaitable[_admin_pb2.ListCodeAnomaliesResponse]]:
+        """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
+        newest first. Other nodes answer FAILED_PRECONDITION.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,86 @@
+"""`jukinet codes anomalies`: the 住民票コード the center found that need reconciling (never issued, or
+retired and still registered as active elsewhere), for a center operator with role clerk or above."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jukinet.cli.agency import Node, PkiDir, run_rpc
+from jukinet.cli.client import client_channel
+from jukinet.domain.validate import JST
+from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc
+
+TIMEOUT_S = 30.0
+codes_app = typer.Typer(no_args_is_help=True, help="住民票コード reconciliation at the center.")
+
+
+def anomaly_json(a: admin_pb2.CodeAnomaly) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "detected": a.detected_time.ToDatetime(tzinfo=dt.UTC).astimezone(JST).isoformat(),
+        "resident_code": a.resident_code,
+        "kind": a.kind,
+        "municipality_code": a.municipality_code,
+        "event": f"{a.origin}#{a.seq}",
+        "detail": a.detail,
+    }
+
+
+@codes_app.command("anomalies")
+def anomalies(
+    node: Node,
+    pki_dir: PkiDir,
+    as_: Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/center/<id>.")],
+    kind: Annotated[str, typer.Option(help="Only this kind: unissued or retired_in_use.")] = "",
+    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List the codes the center holds but never issued, or that a code change retired and that another
+    municipality still registers; reconcile each with the municipality named."""
+
+    async def fetch() -> tuple[list[admin_pb2.CodeAnomaly], int]:
+        async with client_channel(node, pki_dir, as_) as channel:
+            stub: admin_pb2_grpc.AdminServiceAsyncStub = admin_pb2_grpc.AdminServiceStub(channel)
+            found: list[admin_pb2.CodeAnomaly] = []
+            token = ""
+            unchecked = 0
+            while len(found) < limit:
+                reply = await stub.ListCodeAnomalies(
+                    admin_pb2.ListCodeAnomaliesRequest(
+                        page_size=min(1000, limit - len(found)), page_token=token, kind=kind
+                    ),
+                    timeout=TIMEOUT_S,
+                )
+                found.extend(reply.anomalies)
+                unchecked = reply.unchecked_events
+                token = reply.next_page_token
+                if not token:
+                    break
+            return found, unchecked
+
+    found, unchecked = run_rpc(fetch())
+    if as_json:
+        for a in found:
+            print(json.dumps(anomaly_json(a), ensure_ascii=False))
+        return
+    console = Console()
+    if not found:
+        console.print("no code anomalies recorded")
+    else:
+        table = Table(title=f"code anomalies at {node}")
+        for column in ("id", "detected (JST)", "住民票コード", "kind", "municipality", "event", "detail"):
+            table.add_column(column)
+        for a in found:
+            row = anomaly_json(a)
+            table.add_row(
+                str(a.id), row["detected"][:19], a.resident_code, a.kind, a.municipality_code, row["event"], a.detail
+            )
+        console.print(table)
+    if unchecked:
+        console.print(f"{unchecked:,} applied events are not checked yet (the center checks them every second)")

@@ -1,0 +1,219 @@
+"""Reconciliation of 住民票コード at the center, behind the relay.
+
+The relay applies every change a municipality acknowledged (refusing one would block that municipality's
+queue), so a register can put a code into the network that should not be there: one the center never
+issued (a typing error in a 転入 that still passes the check digit), or one a code change retired that is
+registered as active elsewhere afterwards (a move-in with the resident's old code). The center is the only
+tier that knows which codes it issued, so it checks every event it applied, in event-id order behind a
+cursor, and records each such code once per kind in `code_anomaly` for operators to reconcile.
+
+The checks are set-based SQL over one range of events (SQLite does the work without the GIL); a reader
+connection finds the anomalies, and one small write job records the new ones and moves the cursor."""
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, union_all
+
+from jukinet.domain.model import ChangeReason
+from jukinet.storage import rows
+from jukinet.storage.schema import code_anomaly, code_check_cursor, event, issued_code, registration
+
+UNISSUED = "unissued"
+RETIRED_IN_USE = "retired_in_use"
+KINDS = (UNISSUED, RETIRED_IN_USE)
+DEFAULT_BATCH = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class CodeAnomaly:
+    resident_code: str
+    kind: str
+    municipality: str
+    origin: str
+    seq: int
+    detail: str
+    detected_at: dt.datetime | None = None
+    id: int = 0
+
+
+def checked_through(conn: Connection) -> int:
+    """event.id of the last event checked (0 before the first check)."""
+    value = conn.execute(select(code_check_cursor.c.checked_through).where(code_check_cursor.c.id == 1))
+    return int(value.scalar() or 0)
+
+
+def newest_event(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(event.c.id), 0))).scalar() or 0)
+
+
+def unchecked(conn: Connection) -> int:
+    return max(0, newest_event(conn) - checked_through(conn))
+
+
+def find_anomalies(conn: Connection, after_id: int, through_id: int) -> list[CodeAnomaly]:
+    """The anomalies the events with after_id < id <= through_id show, at most one per (code, kind), with
+    the first such event; codes already recorded are included again (record_anomalies skips them)."""
+    in_range = and_(event.c.id > after_id, event.c.id <= through_id)
+    found: dict[tuple[str, str], CodeAnomaly] = {}
+    for code, origin, seq, reason in conn.execute(_unissued(in_range)):
+        key = (code, UNISSUED)
+        if key not in found:
+            found[key] = CodeAnomaly(
+                code,
+                UNISSUED,
+                origin,
+                origin,
+                int(seq),
+                f"never issued by the center; first seen in {origin}#{seq} ({_reason_name(reason)})",
+            )
+    for code, origin, seq, retired_at, retired_on, replaced_by, holder, held_from in conn.execute(_retired(in_range)):
+        key = (code, RETIRED_IN_USE)
+        if key not in found:
+            found[key] = CodeAnomaly(
+                code,
+                RETIRED_IN_USE,
+                holder,
+                origin,
+                int(seq),
+                f"retired by a code change at {retired_at} on {retired_on} (replaced by {replaced_by}); "
+                f"registered as active at {holder} from {held_from}",
+            )
+    return list(found.values())
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return ChangeReason(reason).name.lower()
+    except ValueError:
+        return f"reason {reason}"
+
+
+def _unissued(in_range: ColumnElement[bool]) -> Select[Any]:
+    """Codes named by events in range (as the resident's code or as the code a change retired) that the
+    center never issued."""
+    queries = []
+    for column in (event.c.resident_code, event.c.previous_code):
+        issued = select(issued_code.c.resident_code).where(issued_code.c.resident_code == column)
+        queries.append(
+            select(column.label("code"), event.c.origin, event.c.seq, event.c.reason, event.c.id).where(
+                in_range, column != "", ~issued.exists()
+            )
+        )
+    both = union_all(*queries).subquery()
+    return select(both.c.code, both.c.origin, both.c.seq, both.c.reason).order_by(both.c.id)
+
+
+def _retired(in_range: ColumnElement[bool]) -> Select[Any]:
+    """Codes named by events in range that a code change retired at one municipality while another holds
+    them as active from the retirement's effective date on. A move-out at A that arrives after B's code
+    change (older effective date) is not one: relay order between origins is free."""
+    retired = registration.alias("retired")
+    holder = registration.alias("holder")
+    named = or_(retired.c.resident_code == event.c.resident_code, retired.c.resident_code == event.c.previous_code)
+    return (
+        select(
+            retired.c.resident_code,
+            event.c.origin,
+            event.c.seq,
+            retired.c.municipality,
+            retired.c.effective_date,
+            retired.c.replaced_by,
+            holder.c.municipality,
+            holder.c.effective_date,
+        )
+        .select_from(event)
+        .join(retired, and_(named, retired.c.replaced_by != ""))
+        .join(
+            holder,
+            and_(
+                holder.c.resident_code == retired.c.resident_code,
+                holder.c.municipality != retired.c.municipality,
+                holder.c.active.is_(True),
+                holder.c.effective_date >= retired.c.effective_date,
+            ),
+        )
+        .where(in_range)
+        .order_by(event.c.id)
+    )
+
+
+def record_anomalies(conn: Connection, anomalies: Sequence[CodeAnomaly], through_id: int, now: dt.datetime) -> int:
+    """Records the anomalies not recorded yet and moves the cursor to through_id (never back); returns how
+    many were new. Runs as a writer job: only this task writes these two tables."""
+    new = 0
+    if anomalies:
+        codes = sorted({a.resident_code for a in anomalies})
+        known: set[tuple[str, str]] = set()
+        for start in range(0, len(codes), 500):
+            chunk = codes[start : start + 500]
+            known.update(
+                (str(c), str(k))
+                for c, k in conn.execute(
+                    select(code_anomaly.c.resident_code, code_anomaly.c.kind).where(
+                        code_anomaly.c.resident_code.in_(chunk)
+                    )
+                )
+            )
+        fresh = [a for a in anomalies if (a.resident_code, a.kind) not in known]
+        if fresh:
+            at = rows.to_us(now)
+            conn.execute(
+                code_anomaly.insert(),
+                [
+                    {
+                        "detected_us": at,
+                        "resident_code": a.resident_code,
+                        "kind": a.kind,
+                        "municipality": a.municipality,
+                        "origin": a.origin,
+                        "seq": a.seq,
+                        "detail": a.detail[:300],
+                    }
+                    for a in fresh
+                ],
+            )
+        new = len(fresh)
+    if through_id > checked_through(conn):
+        moved = conn.execute(
+            code_check_cursor.update().where(code_check_cursor.c.id == 1).values(checked_through=through_id)
+        ).rowcount
+        if not moved:
+            conn.execute(code_check_cursor.insert().values(id=1, checked_through=through_id))
+    return new
+
+
+def mark_checked(conn: Connection, through_id: int) -> None:
+    """Moves the cursor without checking (a bench preload whose codes are consistent by construction)."""
+    record_anomalies(conn, [], through_id, dt.datetime.now(dt.UTC))
+
+
+def anomaly_counts(conn: Connection) -> dict[str, int]:
+    counts = dict.fromkeys(KINDS, 0)
+    for kind, count in conn.execute(select(code_anomaly.c.kind, func.count()).group_by(code_anomaly.c.kind)):
+        counts[str(kind)] = int(count)
+    return counts
+
+
+def anomaly_page(conn: Connection, *, before_id: int | None, limit: int, kind: str = "") -> list[CodeAnomaly]:
+    """Newest first, ids below before_id."""
+    query = select(code_anomaly).order_by(code_anomaly.c.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(code_anomaly.c.id < before_id)
+    if kind:
+        query = query.where(code_anomaly.c.kind == kind)
+    return [
+        CodeAnomaly(
+            resident_code=r.resident_code,
+            kind=r.kind,
+            municipality=r.municipality,
+            origin=r.origin,
+            seq=int(r.seq),
+            detail=r.detail,
+            detected_at=rows.from_us(int(r.detected_us)),
+            id=int(r.id),
+        )
+        for r in conn.execute(query)
+    ]
