@@ -17,6 +17,7 @@ from jukinet.rpc.relay_servicer import RelayServicer
 from jukinet.rpc.runtime import NodeContext, NodeParts
 from jukinet.services.quota import Quotas
 from jukinet.storage.center_tx import CenterTx
+from jukinet.storage.code_checks import PREVIOUS_CODE_INDEX
 from jukinet.storage.queries import provided_today
 from jukinet.storage.schema import SEARCH_INDEX
 from jukinet.wire.v1 import (
@@ -40,8 +41,9 @@ def build(ctx: NodeContext) -> NodeParts:
     relay = RelayServicer(ctx.config.identity, ctx.store, guard, ctx.metrics, tx=CenterTx)
     codepool = CodePoolServicer(ctx.store, guard)
     registry = load_agencies(ctx.config.agencies)
-    with ctx.store.engine.begin() as conn:  # agency search: an index only the center needs
+    with ctx.store.engine.begin() as conn:  # agency search and code checks: indexes only the center needs
         conn.exec_driver_sql(SEARCH_INDEX)
+        conn.exec_driver_sql(PREVIOUS_CODE_INDEX)
     quotas = Quotas()
     for agency, items in ctx.store.read_sync(provided_today).items():
         quotas.preload(agency, items)

@@ -38,7 +38,7 @@ def anomalies(
     pki_dir: PkiDir,
     as_: Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/center/<id>.")],
     kind: Annotated[str, typer.Option(help="Only this kind: unissued or retired_in_use.")] = "",
-    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="How many (newest first).")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List the codes the center holds but never issued, or that a code change retired and that another

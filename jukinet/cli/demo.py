@@ -240,7 +240,8 @@ async def code_check(net: LocalNetwork, limit_s: float = 30) -> None:
     elif not reply.anomalies:
         console.print("住民票コード check: every code was issued by the center; no retired code in use")
     else:
-        kinds = ", ".join(f"{k} {n}" for k, n in sorted(Counter(a.kind for a in reply.anomalies).items()))
+        counted = sorted(Counter(a.kind for a in reply.anomalies).items())
+        kinds = ", ".join(f"{k} {n}{'+' if reply.next_page_token else ''}" for k, n in counted)
         console.print(f"[yellow]住民票コード check: {kinds} (see jukinet codes anomalies)[/yellow]")
 
 

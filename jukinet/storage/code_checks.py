@@ -5,26 +5,35 @@ queue), so a register can put a code into the network that should not be there: 
 issued (a typing error in a 転入 that still passes the check digit), or one a code change retired that is
 registered as active elsewhere afterwards (a move-in with the resident's old code). The center is the only
 tier that knows which codes it issued, so it checks every event it applied, in event-id order behind a
-cursor, and records each such code once per kind in `code_anomaly` for operators to reconcile.
+cursor, and records each such code once per kind in `code_anomaly` for operators to reconcile. Both
+checks look at events only (never at registrations, whose state changes), so what is found does not depend
+on the order the origins' events arrive in.
 
 The checks are set-based SQL over one range of events (SQLite does the work without the GIL); a reader
 connection finds the anomalies, and one small write job records the new ones and moves the cursor."""
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, union_all
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, select, union_all
 
-from jukinet.domain.model import ChangeReason
+from jukinet.domain.model import CREATE_REASONS, ChangeReason
+from jukinet.domain.validate import JST
 from jukinet.storage import rows
-from jukinet.storage.schema import code_anomaly, code_check_cursor, event, issued_code, registration
+from jukinet.storage.schema import code_anomaly, code_check_cursor, event, issued_code
 
+# Events that register their resident code at the origin: a create, or a code change (to that code).
+_REGISTERING = sorted(int(r) for r in (*CREATE_REASONS, ChangeReason.CODE_CHANGE))
+# The center only: the retired side of a pair is found by the code it retired (few events have one).
+PREVIOUS_CODE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_event_previous_code ON event (previous_code) WHERE previous_code != ''"
+)
 UNISSUED = "unissued"
 RETIRED_IN_USE = "retired_in_use"
 KINDS = (UNISSUED, RETIRED_IN_USE)
-DEFAULT_BATCH = 20_000
+DEFAULT_BATCH = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +65,12 @@ def unchecked(conn: Connection) -> int:
 def find_anomalies(conn: Connection, after_id: int, through_id: int) -> list[CodeAnomaly]:
     """The anomalies the events with after_id < id <= through_id show, at most one per (code, kind), with
     the first such event; codes already recorded are included again (record_anomalies skips them)."""
-    in_range = and_(event.c.id > after_id, event.c.id <= through_id)
+
+    def in_range_of(table: Any) -> ColumnElement[bool]:
+        return and_(table.c.id > after_id, table.c.id <= through_id)
+
     found: dict[tuple[str, str], CodeAnomaly] = {}
-    for code, origin, seq, reason in conn.execute(_unissued(in_range)):
+    for code, origin, seq, reason in conn.execute(_unissued(in_range_of(event))):
         key = (code, UNISSUED)
         if key not in found:
             found[key] = CodeAnomaly(
@@ -69,19 +81,25 @@ def find_anomalies(conn: Connection, after_id: int, through_id: int) -> list[Cod
                 int(seq),
                 f"never issued by the center; first seen in {origin}#{seq} ({_reason_name(reason)})",
             )
-    for code, origin, seq, retired_at, retired_on, replaced_by, holder, held_from in conn.execute(_retired(in_range)):
+    for row in conn.execute(_retired(in_range_of)):
+        code, origin, seq, reason, recorded, retired_at, retired_seq, replaced_by, retired_when = row
         key = (code, RETIRED_IN_USE)
         if key not in found:
             found[key] = CodeAnomaly(
                 code,
                 RETIRED_IN_USE,
-                holder,
+                origin,
                 origin,
                 int(seq),
-                f"retired by a code change at {retired_at} on {retired_on} (replaced by {replaced_by}); "
-                f"registered as active at {holder} from {held_from}",
+                f"retired by code change {retired_at}#{retired_seq} (recorded {_when(retired_when)}, replaced by "
+                f"{replaced_by}); registered again by {_reason_name(reason)} {origin}#{seq} (recorded "
+                f"{_when(recorded)})",
             )
     return list(found.values())
+
+
+def _when(micros: int) -> str:
+    return rows.from_us(int(micros)).astimezone(JST).strftime("%Y-%m-%d %H:%M JST")
 
 
 def _reason_name(reason: int) -> str:
@@ -106,38 +124,38 @@ def _unissued(in_range: ColumnElement[bool]) -> Select[Any]:
     return select(both.c.code, both.c.origin, both.c.seq, both.c.reason).order_by(both.c.id)
 
 
-def _retired(in_range: ColumnElement[bool]) -> Select[Any]:
-    """Codes named by events in range that a code change retired at one municipality while another holds
-    them as active from the retirement's effective date on. A move-out at A that arrives after B's code
-    change (older effective date) is not one: relay order between origins is free."""
-    retired = registration.alias("retired")
-    holder = registration.alias("holder")
-    named = or_(retired.c.resident_code == event.c.resident_code, retired.c.resident_code == event.c.previous_code)
-    return (
-        select(
-            retired.c.resident_code,
-            event.c.origin,
-            event.c.seq,
-            retired.c.municipality,
-            retired.c.effective_date,
-            retired.c.replaced_by,
-            holder.c.municipality,
-            holder.c.effective_date,
-        )
-        .select_from(event)
-        .join(retired, and_(named, retired.c.replaced_by != ""))
-        .join(
-            holder,
-            and_(
-                holder.c.resident_code == retired.c.resident_code,
-                holder.c.municipality != retired.c.municipality,
-                holder.c.active.is_(True),
-                holder.c.effective_date >= retired.c.effective_date,
-            ),
-        )
-        .where(in_range)
-        .order_by(event.c.id)
+def _retired(in_range_of: "Callable[[Any], ColumnElement[bool]]") -> Select[Any]:
+    """Pairs of events: a code change that retired X, and an event recorded after it that registers X
+    again (a create, or a code change to X), at any municipality. Facts that never change, so the result
+    depends neither on the order origins arrive in nor on when the check runs: a pair is found when its
+    second event, in whichever role, is checked. Effective dates do not order them (a 転入 may be
+    backdated to the move); the municipalities' recording times do."""
+    retiring = event.alias("retiring")
+    using = event.alias("using")
+    pair = and_(
+        retiring.c.reason == int(ChangeReason.CODE_CHANGE),
+        retiring.c.previous_code != "",
+        using.c.resident_code == retiring.c.previous_code,
+        using.c.reason.in_(_REGISTERING),
+        using.c.recorded_us > retiring.c.recorded_us,
     )
+    columns = (
+        using.c.resident_code,
+        using.c.origin,
+        using.c.seq,
+        using.c.reason,
+        using.c.recorded_us,
+        retiring.c.origin,
+        retiring.c.seq,
+        retiring.c.resident_code,
+        retiring.c.recorded_us,
+    )
+    # Split by which event is new, so that each half starts from the range and reaches the other event
+    # through an index (resident code; the center's partial index on previous_code).
+    by_retiring = select(*columns, retiring.c.id.label("at")).select_from(retiring).join(using, pair)
+    by_using = select(*columns, using.c.id.label("at")).select_from(using).join(retiring, pair)
+    both = union_all(by_retiring.where(in_range_of(retiring)), by_using.where(in_range_of(using))).subquery()
+    return select(*[c for c in both.c if c.name != "at"]).order_by(both.c.at)
 
 
 def record_anomalies(conn: Connection, anomalies: Sequence[CodeAnomaly], through_id: int, now: dt.datetime) -> int:

@@ -39,7 +39,18 @@ NEVER_ISSUED = "99999999999"
 CALL = CallInfo(peer="jukinet://prefecture/13", request_id="r", method="/jukinet.wire.v1.RelayService/PushEvents")
 
 
-def _event(origin: str, seq: int, code: str, reason: ChangeReason, day: int, previous: str = "") -> ChangeEvent:
+def _event(
+    origin: str,
+    seq: int,
+    code: str,
+    reason: ChangeReason,
+    day: int,
+    previous: str = "",
+    *,
+    recorded_day: int | None = None,
+) -> ChangeEvent:
+    """Effective on 2026-11-<day>, recorded by the municipality that day (or on recorded_day) at 09:00 JST."""
+    recorded = T0 + dt.timedelta(days=day if recorded_day is None else recorded_day, seconds=seq)
     return ChangeEvent(
         origin=origin,
         seq=seq,
@@ -47,7 +58,7 @@ def _event(origin: str, seq: int, code: str, reason: ChangeReason, day: int, pre
         previous_code=previous,
         reason=reason,
         effective_date=dt.date(2026, 11, day),
-        recorded_at=T0 + dt.timedelta(days=day, seconds=seq),
+        recorded_at=recorded,
         items=IdentityItems("山田\u3000花子", dt.date(1990, 1, 2), Sex.FEMALE, f"東京都調布市小島町{day}番"),
     )
 
@@ -117,10 +128,29 @@ def test_a_code_change_to_an_unissued_code_and_from_one_are_both_seen(db_factory
     engine.dispose()
 
 
-def test_a_retired_code_registered_again_elsewhere_is_found_in_either_arrival_order(
+def _arrivals(
+    db_factory: Callable[[str], str], a_events: list[ChangeEvent], b_events: list[ChangeEvent]
+) -> list[set[tuple[str, str, str]]]:
+    """What is found for each arrival order of the two origins, checked after each origin's batch (each
+    event of a pair in its own range) or once after both."""
+    results = []
+    for order in ((A, B), (B, A)):
+        for check_between in (True, False):
+            engine = _center(db_factory, "".join(order) + str(check_between))
+            for origin in order:
+                _apply(engine, origin, a_events if origin == A else b_events)
+                if check_between:
+                    _check(engine)
+            _check(engine)
+            results.append(_found(engine))
+            engine.dispose()
+    return results
+
+
+def test_a_retired_code_registered_again_is_found_whatever_the_arrival_order_and_check_timing(
     db_factory: Callable[[str], str],
 ) -> None:
-    """A changes X -> Y on day 5; B registers a move-in with the old X on day 9 (a stale code)."""
+    """A changes X -> Y (recorded day 5); B then records a move-in with the stale X (day 9)."""
     x, y = ISSUED[0], ISSUED[1]
     a_events = [
         _event(A, 1, x, ChangeReason.BIRTH, 1),
@@ -128,39 +158,56 @@ def test_a_retired_code_registered_again_elsewhere_is_found_in_either_arrival_or
         _event(A, 3, y, ChangeReason.MOVE_OUT, 8),
     ]
     b_events = [_event(B, 1, x, ChangeReason.MOVE_IN, 9)]
-    for order in ((A, B), (B, A)):
-        engine = _center(db_factory, "".join(order))
-        for origin in order:
-            _apply(engine, origin, a_events if origin == A else b_events)
-            _check(engine)  # checked after each origin's batch, as the task does
-        assert _found(engine) == {(x, RETIRED_IN_USE, B)}, order
-        with engine.begin() as conn:
-            [anomaly] = anomaly_page(conn, before_id=None, limit=10)
-            assert f"code change at {A} on 2026-11-05 (replaced by {y})" in anomaly.detail
-            assert f"active at {B} from 2026-11-09" in anomaly.detail
-        engine.dispose()
+    assert _arrivals(db_factory, a_events, b_events) == [{(x, RETIRED_IN_USE, B)}] * 4
+    engine = _center(db_factory, "detail")
+    _apply(engine, A, a_events)
+    _apply(engine, B, b_events)
+    _check(engine)
+    with engine.begin() as conn:
+        [anomaly] = anomaly_page(conn, before_id=None, limit=10)
+    assert (anomaly.origin, anomaly.seq) == (B, 1)  # the event that used the retired code, not A's birth
+    assert f"retired by code change {A}#2 (recorded 2026-11-06 09:00 JST, replaced by {y})" in anomaly.detail
+    assert f"registered again by move_in {B}#1 (recorded 2026-11-10 09:00 JST)" in anomaly.detail
+    engine.dispose()
 
 
-def test_a_legitimate_move_then_code_change_is_not_an_anomaly_in_either_order(
-    db_factory: Callable[[str], str],
-) -> None:
-    """X moves from A to B (day 3), then B changes X -> Y (day 6). A's move-out may arrive after B's code
-    change: A's registration of X is active until then, but from before the change, so nothing is flagged."""
-    x, y = ISSUED[2], ISSUED[3]
-    a_events = [_event(A, 1, x, ChangeReason.BIRTH, 1), _event(A, 2, x, ChangeReason.MOVE_OUT, 3)]
-    b_events = [
-        _event(B, 1, x, ChangeReason.MOVE_IN, 3),
-        _event(B, 2, y, ChangeReason.CODE_CHANGE, 6, previous=x),
+def test_a_backdated_move_in_and_one_followed_by_a_death_are_found_too(db_factory: Callable[[str], str]) -> None:
+    """The 転入 is effective on day 3, before A's code change on day 5, but recorded on day 9, after it:
+    effective dates may go back to the move, recording times do not. B's death entry on day 10, in the
+    same push, does not hide it."""
+    x, y = ISSUED[0], ISSUED[1]
+    a_events = [
+        _event(A, 1, x, ChangeReason.BIRTH, 1),
+        _event(A, 2, y, ChangeReason.CODE_CHANGE, 5, previous=x),
+        _event(A, 3, y, ChangeReason.MOVE_OUT, 3, recorded_day=6),
     ]
-    for order in ((A, B), (B, A)):
-        engine = _center(db_factory, "".join(order))
-        for origin in order:
-            _apply(engine, origin, a_events[:1] if origin == A else b_events)  # A's move-out held back
-            _check(engine)
-        _apply(engine, A, a_events[1:])
-        _check(engine)
-        assert _found(engine) == set(), order
-        engine.dispose()
+    b_events = [_event(B, 1, x, ChangeReason.MOVE_IN, 3, recorded_day=9), _event(B, 2, x, ChangeReason.DEATH, 10)]
+    assert _arrivals(db_factory, a_events, b_events) == [{(x, RETIRED_IN_USE, B)}] * 4
+
+
+def test_a_code_change_to_a_retired_code_is_found(db_factory: Callable[[str], str]) -> None:
+    x, y, z = ISSUED[0], ISSUED[1], ISSUED[2]
+    a_events = [_event(A, 1, x, ChangeReason.BIRTH, 1), _event(A, 2, y, ChangeReason.CODE_CHANGE, 5, previous=x)]
+    b_events = [_event(B, 1, z, ChangeReason.BIRTH, 2), _event(B, 2, x, ChangeReason.CODE_CHANGE, 7, previous=z)]
+    assert _arrivals(db_factory, a_events, b_events) == [{(x, RETIRED_IN_USE, B)}] * 4
+
+
+def test_legitimate_moves_and_code_changes_are_not_anomalies_in_any_order(db_factory: Callable[[str], str]) -> None:
+    """X moves from A to B, then B changes X -> Y; A's last entries (a correction before the move, and its
+    move-out, recorded late) may arrive after B's code change. Then the resident moves back to A with Y."""
+    x, y = ISSUED[2], ISSUED[3]
+    a_events = [
+        _event(A, 1, x, ChangeReason.BIRTH, 1),
+        _event(A, 2, x, ChangeReason.INTRA_MOVE, 5),
+        _event(A, 3, x, ChangeReason.MOVE_OUT, 5, recorded_day=8),  # after B's code change (day 7)
+        _event(A, 4, y, ChangeReason.MOVE_IN, 9),
+    ]
+    b_events = [
+        _event(B, 1, x, ChangeReason.MOVE_IN, 5, recorded_day=6),
+        _event(B, 2, y, ChangeReason.CODE_CHANGE, 7, previous=x),
+        _event(B, 3, y, ChangeReason.MOVE_OUT, 9),
+    ]
+    assert _arrivals(db_factory, a_events, b_events) == [set()] * 4
 
 
 async def test_the_center_task_checks_behind_the_relay_and_sets_the_gauge(tmp_path: Path) -> None:
@@ -168,9 +215,10 @@ async def test_the_center_task_checks_behind_the_relay_and_sets_the_gauge(tmp_pa
     try:
         with store.engine.begin() as conn:
             CenterTx(conn).insert_code_rows("issued_code", list(ISSUED), "block-1")
-        _apply(store.engine, A, [_event(A, i + 1, code, ChangeReason.BIRTH, 1) for i, code in enumerate(ISSUED)])
+        _apply(store.engine, A, [_event(A, 1, "66666666666", ChangeReason.BIRTH, 1)])  # never issued, but
+        _apply(store.engine, A, [_event(A, i + 2, code, ChangeReason.BIRTH, 1) for i, code in enumerate(ISSUED)])
         with store.engine.begin() as conn:
-            mark_checked(conn, 2)  # as a bench preload does: the first two events count as checked
+            mark_checked(conn, 2)  # as a bench preload does: the first two events count as checked (not found)
         _apply(store.engine, B, [_event(B, 1, NEVER_ISSUED, ChangeReason.MOVE_IN, 2)])
         metrics = NodeMetrics()
         checker = CodeChecker(store, metrics, batch=2)
@@ -179,7 +227,10 @@ async def test_the_center_task_checks_behind_the_relay_and_sets_the_gauge(tmp_pa
         assert metrics.code_anomalies.labels(UNISSUED)._value.get() == 1
         assert metrics.code_anomalies.labels(RETIRED_IN_USE)._value.get() == 0
         with store.engine.begin() as conn:
-            assert checked_through(conn) == 5
+            assert checked_through(conn) == 6
+        assert {a.resident_code for a in await store.read(lambda c: anomaly_page(c, before_id=None, limit=9))} == {
+            NEVER_ISSUED
+        }
     finally:
         store.close()
 
@@ -191,6 +242,13 @@ async def test_operators_list_anomalies_at_the_center_and_only_there(pki_dir: Pa
     center = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", pki_dir)
     prefecture = await start("prefecture", "13", f"sqlite:///{tmp_path / 'p.db'}", pki_dir, upstream=center.address)
     code = resident_code_from_body("7000000007")
+
+    async def listed(at_least: int = 1) -> list[admin_pb2.CodeAnomaly]:
+        async with channel(pki_dir, "jukinet://operator/center/clerk", center.address) as ch:
+            stub = admin_pb2_grpc.AdminServiceStub(ch)
+            reply = await stub.ListCodeAnomalies(admin_pb2.ListCodeAnomaliesRequest(), timeout=5)
+        return list(reply.anomalies) if len(reply.anomalies) >= at_least else []
+
     try:
         async with channel(pki_dir, "jukinet://prefecture/13", center.address) as ch:
             push = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
@@ -199,10 +257,6 @@ async def test_operators_list_anomalies_at_the_center_and_only_there(pki_dir: Pa
             assert [reply.acked_seq async for reply in push] == [1]
         async with channel(pki_dir, "jukinet://operator/center/clerk", center.address) as ch:
             stub = admin_pb2_grpc.AdminServiceStub(ch)
-
-            async def listed() -> list[admin_pb2.CodeAnomaly]:
-                reply = await stub.ListCodeAnomalies(admin_pb2.ListCodeAnomaliesRequest(), timeout=5)
-                return list(reply.anomalies)
 
             await eventually(listed)
             [anomaly] = await listed()
@@ -249,6 +303,25 @@ async def test_operators_list_anomalies_at_the_center_and_only_there(pki_dir: Pa
         logged = await center.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=50))
         reads = [e for _, e in logged if e.method.endswith("ListCodeAnomalies") and e.outcome == "OK"]
         assert (code,) in [tuple(e.subjects) for e in reads]  # a read is logged with the codes it showed
+        more = [resident_code_from_body(f"700000000{n}") for n in (8, 9)]
+        async with channel(pki_dir, "jukinet://prefecture/13", center.address) as ch:
+            push = relay_pb2_grpc.RelayServiceStub(ch).PushEvents(
+                iter([relay_pb2.PushEventsRequest(origin=B, events=[event(2, more[0]), event(3, more[1])])])
+            )
+            assert [reply.acked_seq async for reply in push] == [3]
+        async with channel(pki_dir, "jukinet://operator/center/clerk", center.address) as ch:
+            stub = admin_pb2_grpc.AdminServiceStub(ch)
+            await eventually(lambda: listed(3))
+            first = await stub.ListCodeAnomalies(admin_pb2.ListCodeAnomaliesRequest(page_size=2), timeout=5)
+            second = await stub.ListCodeAnomalies(
+                admin_pb2.ListCodeAnomaliesRequest(page_size=2, page_token=first.next_page_token), timeout=5
+            )
+            assert [a.resident_code for a in (*first.anomalies, *second.anomalies)] == [more[1], more[0], code]
+            assert first.next_page_token
+            assert not second.next_page_token
+            with pytest.raises(grpc.aio.AioRpcError) as negative:
+                await stub.ListCodeAnomalies(admin_pb2.ListCodeAnomaliesRequest(page_size=-1), timeout=5)
+            assert negative.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     finally:
         for node in (prefecture, center):
             await node.stop()

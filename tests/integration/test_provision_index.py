@@ -101,3 +101,38 @@ async def test_a_center_indexes_behind_the_log_and_drops_the_per_entry_index(tmp
         assert await indexer.catch_up() == 0
     finally:
         store.close()
+
+
+async def test_the_indexer_waits_for_a_large_batch_or_for_the_oldest_entry_to_wait_long_enough(
+    tmp_path: Path,
+) -> None:
+    """Indexing jobs hold the writer, so the center indexes seldom and in bulk: a few entries wait (and are
+    still found by disclosure through the tail scan) until enough have gathered or the oldest is old."""
+    store = Store(f"sqlite:///{tmp_path / 'center.db'}")
+    metrics = NodeMetrics()
+    try:
+        patient = ProvisionIndexer(store, metrics, interval_s=0.01, min_entries=5, max_wait_s=3600)
+
+        async def run_a_while(indexer: ProvisionIndexer, rounds: int = 10) -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(indexer.run(stop))
+            for _ in range(rounds):
+                await asyncio.sleep(indexer.interval_s * 2)
+            stop.set()
+            await task
+
+        await run_a_while(patient)  # the first round drops the old per-entry index (none here)
+        await store.write(lambda conn: SqlTx(conn).append_provisions(ENTRIES[:3]))
+        await run_a_while(patient)
+        assert await store.read(indexed_through) == 0  # 3 < 5 and the oldest has not waited an hour
+        assert metrics.provisions_unindexed._value.get() == 3
+        with store.engine.begin() as conn:  # found all the same, from the tail
+            assert [e.request_id for _, e in provision_page(conn, CODES, after_id=0, limit=10)] == ["r0", "r1", "r2"]
+        await store.write(lambda conn: SqlTx(conn).append_provisions(ENTRIES[3:6]))
+        await run_a_while(patient)
+        assert await store.read(indexed_through) == 6  # 6 >= 5: indexed without waiting
+        await store.write(lambda conn: SqlTx(conn).append_provisions(ENTRIES[6:7]))
+        await run_a_while(ProvisionIndexer(store, metrics, interval_s=0.01, min_entries=5, max_wait_s=0))
+        assert await store.read(indexed_through) == 7  # one entry, but it has waited long enough
+    finally:
+        store.close()
