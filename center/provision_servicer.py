@@ -28,7 +28,8 @@ from jukinet.services.provision import (
     bulk_lookup,
     feed_pending,
     feed_record,
-    lookups,
+    log_lookups,
+    look_up,
     next_feed_items,
     parse_search,
     search,
@@ -66,7 +67,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         self._registry = registry
         self._quotas = quotas
         self._new_events = new_events
-        self._lookups: WriteBatcher[LookupRequest, Provided] = WriteBatcher(store, _lookups)
+        self._lookups: WriteBatcher[LookupRequest, Provided] = WriteBatcher(store, _look_up, finish=_log_lookups)
 
     def _grant(self, call: Call, purpose_id: str, items: int = 1) -> tuple[Agency, Purpose]:
         agency, purpose = self._registry.purpose_for(call.caller, purpose_id)
@@ -235,8 +236,12 @@ def _consume(future: "asyncio.Future[Any]") -> None:
         future.exception()
 
 
-def _lookups(conn: Connection, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
-    return lookups(CenterTx(conn), requests)
+def _look_up(conn: Connection, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
+    return look_up(CenterTx(conn), requests)
+
+
+def _log_lookups(conn: Connection, requests: Sequence[LookupRequest], results: Sequence[Provided | Exception]) -> None:
+    log_lookups(CenterTx(conn), requests, results)
 
 
 def _bulk(conn: Connection, **kwargs: Any) -> list[BulkItem]:

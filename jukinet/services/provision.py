@@ -98,15 +98,12 @@ class LookupRequest:
     now: dt.datetime
 
 
-def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
-    """Many callers' lookups in one transaction (concurrent calls share it): one result per request, in
-    order. A code that is not found (or whose records are inconsistent) is that request's error and writes
-    nothing (the guard logs the refusal); each found one is one provision entry and one access entry of its
-    own call."""
+def look_up(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
+    """The records for many callers' lookups (concurrent calls share one transaction), read only: one result
+    per request, in order. A code that is not found (or whose records are inconsistent) is that request's
+    error. The writer logs them all with log_lookups before the commit that precedes any answer."""
     regs = tx.registrations_of({r.code for r in requests})
     results: list[Provided | JukinetError] = []
-    provisions: list[ProvisionEntry] = []
-    accesses: list[AccessEntry] = []
     for r in requests:
         try:
             record, chain = current_by_code(tx, r.code, regs)
@@ -115,11 +112,22 @@ def lookups(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided
             continue
         history = whole_history(tx, chain) if "history" in r.purpose.fields else []
         results.append(Provided(record, r.purpose.fields, history))
-        provisions.append(_provision(r.now, r.call, r.agency, r.purpose, record.resident_code, "lookup"))
-        accesses.append(_access(r.call, r.now, r.purpose, [r.code, record.resident_code], "OK"))
+    return results
+
+
+def log_lookups(tx: ProvisionTx, requests: Sequence[LookupRequest], results: Sequence[Provided | Exception]) -> None:
+    """Each record provided is one provision entry and one access entry of its own call, written before any
+    answer leaves; a refused lookup writes nothing here (the guard logs the refusal)."""
+    provisions: list[ProvisionEntry] = []
+    accesses: list[AccessEntry] = []
+    for r, result in zip(requests, results, strict=True):
+        if isinstance(result, Exception):
+            continue
+        code = result.record.resident_code
+        provisions.append(_provision(r.now, r.call, r.agency, r.purpose, code, "lookup"))
+        accesses.append(_access(r.call, r.now, r.purpose, [r.code, code], "OK"))
     tx.append_provisions(provisions)
     tx.append_access(accesses)
-    return results
 
 
 def bulk_lookup(

@@ -2,13 +2,17 @@
 
 Each caller submits one item and waits for its own answer. The first item queues a job on the store's
 writer; every item submitted before that job starts joins it, and so does every item submitted while it
-runs (up to max_items): the job takes what is waiting, runs it with one set of statements (one SELECT for
-all codes, one multi-row INSERT per log), takes again, and commits once nothing is left. Each caller is
-answered after that commit. Nobody waits for a timer: under light load a job holds one item, under heavy
-load many, and the commits (with their fsync) are shared.
+runs (up to max_items): the job takes what is waiting, runs it (one SELECT for all its codes), takes again,
+and once nothing is left runs `finish` over everything it took (one multi-row INSERT per log for the whole
+job) and commits. Each caller is answered after that commit. Nobody waits for a timer: under light load a
+job holds one item, under heavy load many, and the commits (with their fsync) are shared.
 
 The batch function returns one result per item, in order: a value, or the exception for that item alone.
-If the batch itself fails (a database error, the commit), every item of it gets that error.
+If the batch itself fails (a database error, `finish`, the commit), every item of it gets that error.
+
+Each statement the writer thread runs lets the event loop take the GIL, and the writer waits to get it
+back: one `finish` per job instead of the logs' INSERTs per take cut a lookup job's statements from about
+ten to about five.
 """
 
 import asyncio
@@ -24,12 +28,17 @@ I = TypeVar("I")  # noqa: E741 - the item type
 O = TypeVar("O")  # noqa: E741 - the result type
 
 BatchFn = Callable[[Connection, Sequence[I]], Sequence[O | Exception]]
+# Runs once per job, after the last take, in the job's transaction: every item taken and its result.
+FinishFn = Callable[[Connection, Sequence[I], Sequence[O | Exception]], None]
 
 
 class WriteBatcher(Generic[I, O]):
-    def __init__(self, store: Store, run: "BatchFn[I, O]", *, max_items: int = 512) -> None:
+    def __init__(
+        self, store: Store, run: "BatchFn[I, O]", *, finish: "FinishFn[I, O] | None" = None, max_items: int = 512
+    ) -> None:
         self._store = store
         self._run = run
+        self._finish = finish
         self._max_items = max_items
         self._lock = threading.Lock()  # the event loop appends, the writer thread takes
         self._pending: list[tuple[I, asyncio.Future[O]]] = []
@@ -91,6 +100,8 @@ class WriteBatcher(Generic[I, O]):
             finally:
                 if not released:  # the batch failed while the job still held its slot
                     self._release()
+            if self._finish is not None:
+                self._finish(conn, [item for item, _ in taken], results)
             return results
 
         try:

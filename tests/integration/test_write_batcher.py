@@ -129,3 +129,43 @@ async def test_items_arriving_while_a_job_runs_join_its_transaction(store: Store
     assert [await first, *await asyncio.gather(*later)] == [0, 1, 2, 3]
     assert [items for _, items in runs] == [[0], [1, 2, 3]]
     assert runs[0][0] is runs[1][0]  # one transaction, one commit
+
+
+async def test_finish_runs_once_per_job_over_every_take_in_the_same_transaction(store: Store) -> None:
+    """Items arriving while a job runs join it as a second take; `finish` then sees every item and result of
+    the job once, and a failing `finish` fails the whole job, its reads' results included."""
+    takes: list[list[int]] = []
+    finished: list[tuple[list[int], list[object]]] = []
+    late: list[asyncio.Future[int]] = []
+    loop = asyncio.get_running_loop()
+
+    def run(conn: Connection, items: Sequence[int]) -> list[int | Exception]:
+        takes.append(list(items))
+        if len(takes) == 1:  # while the first take runs, two more callers arrive
+            ready = threading.Event()
+
+            def submit_more() -> None:
+                late.extend(asyncio.ensure_future(batcher.submit(n)) for n in (3, 4))
+                loop.call_soon(ready.set)  # after both submits have run up to their wait
+
+            loop.call_soon_threadsafe(submit_more)
+            ready.wait(5)
+        return [Odd("odd") if n % 2 else n for n in items]
+
+    def finish(conn: Connection, items: Sequence[int], results: Sequence[int | Exception]) -> None:
+        finished.append((list(items), [r if isinstance(r, int) else str(r) for r in results]))
+        conn.execute(text("INSERT INTO item (n) VALUES (:n)"), [{"n": n} for n in items])
+        if 99 in items:
+            raise RuntimeError("the log refused the job")
+
+    batcher: WriteBatcher[int, int] = WriteBatcher(store, run, finish=finish)
+    first = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2)]
+    results = await asyncio.gather(*first, return_exceptions=True)
+    results += await asyncio.gather(*late, return_exceptions=True)
+    assert takes == [[1, 2], [3, 4]]
+    assert finished == [([1, 2, 3, 4], ["odd", 2, "odd", 4])]
+    assert [r if isinstance(r, int) else str(r) for r in results] == ["odd", 2, "odd", 4]
+    doomed = await asyncio.gather(batcher.submit(98), batcher.submit(99), return_exceptions=True)
+    assert [str(d) for d in doomed] == ["the log refused the job"] * 2
+    stored = await store.read(lambda c: sorted(c.execute(text("SELECT n FROM item")).scalars()))
+    assert stored == [1, 2, 3, 4]  # finish's writes committed with their job; the failed job's rolled back
