@@ -21,15 +21,22 @@ codes_app = typer.Typer(no_args_is_help=True, help="住民票コード reconcili
 
 
 def anomaly_json(a: admin_pb2.CodeAnomaly) -> dict[str, Any]:
-    return {
+    found: dict[str, Any] = {
         "id": a.id,
-        "detected": a.detected_time.ToDatetime(tzinfo=dt.UTC).astimezone(JST).isoformat(),
+        "detected": _jst(a.detected_time),
         "resident_code": a.resident_code,
         "kind": a.kind,
         "municipality_code": a.municipality_code,
         "event": f"{a.origin}#{a.seq}",
         "detail": a.detail,
     }
+    if a.HasField("resolved_time"):
+        found |= {"resolved": _jst(a.resolved_time), "resolved_by": a.resolved_by, "resolution": a.resolution}
+    return found
+
+
+def _jst(stamp: Any) -> str:
+    return str(stamp.ToDatetime(tzinfo=dt.UTC).astimezone(JST).isoformat())
 
 
 @codes_app.command("anomalies")
@@ -38,6 +45,7 @@ def anomalies(
     pki_dir: PkiDir,
     as_: Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/center/<id>.")],
     kind: Annotated[str, typer.Option(help="Only this kind: unissued or retired_in_use.")] = "",
+    all_: Annotated[bool, typer.Option("--all", help="Resolved ones too (default: open ones only).")] = False,
     limit: Annotated[int, typer.Option(min=1, help="How many (newest first).")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -53,7 +61,7 @@ def anomalies(
             while len(found) < limit:
                 reply = await stub.ListCodeAnomalies(
                     admin_pb2.ListCodeAnomaliesRequest(
-                        page_size=min(1000, limit - len(found)), page_token=token, kind=kind
+                        page_size=min(1000, limit - len(found)), page_token=token, kind=kind, include_resolved=all_
                     ),
                     timeout=TIMEOUT_S,
                 )
@@ -71,16 +79,49 @@ def anomalies(
         return
     console = Console()
     if not found:
-        console.print("no code anomalies recorded")
+        console.print("no code anomalies recorded" if all_ else "no open code anomalies")
     else:
         table = Table(title=f"code anomalies at {node}")
-        for column in ("id", "detected (JST)", "住民票コード", "kind", "municipality", "event", "detail"):
+        columns = ("id", "detected (JST)", "住民票コード", "kind", "municipality", "event", "detail")
+        for column in (*columns, "resolved") if all_ else columns:
             table.add_column(column)
         for a in found:
             row = anomaly_json(a)
-            table.add_row(
-                str(a.id), row["detected"][:19], a.resident_code, a.kind, a.municipality_code, row["event"], a.detail
-            )
+            cells = [
+                str(a.id),
+                row["detected"][:19],
+                a.resident_code,
+                a.kind,
+                a.municipality_code,
+                row["event"],
+                a.detail,
+            ]
+            if all_:
+                cells.append(f"{row['resolved'][:16]} {a.resolved_by}: {a.resolution}" if "resolved" in row else "")
+            table.add_row(*cells)
         console.print(table)
     if unchecked:
         console.print(f"{unchecked:,} applied events are not checked yet (the center checks them every second)")
+
+
+@codes_app.command("resolve")
+def resolve(
+    anomaly_id: Annotated[int, typer.Argument(min=1, help="The anomaly's id (from `jukinet codes anomalies`).")],
+    resolution: Annotated[str, typer.Option(help="What was done, for the record (at most 300 characters).")],
+    node: Node,
+    pki_dir: PkiDir,
+    as_: Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/center/<id>.")],
+) -> None:
+    """Record that an anomaly was reconciled (say, the municipality corrected the code by 職権修正): once, with
+    your identity and the time; it leaves the open list and the gauge."""
+
+    async def call() -> admin_pb2.ResolveCodeAnomalyResponse:
+        async with client_channel(node, pki_dir, as_) as channel:
+            stub: admin_pb2_grpc.AdminServiceAsyncStub = admin_pb2_grpc.AdminServiceStub(channel)
+            request = admin_pb2.ResolveCodeAnomalyRequest(id=anomaly_id, resolution=resolution)
+            reply: admin_pb2.ResolveCodeAnomalyResponse = await stub.ResolveCodeAnomaly(request, timeout=TIMEOUT_S)
+            return reply
+
+    reply = run_rpc(call())
+    a = reply.anomaly
+    print(f"code anomaly {a.id} ({a.resident_code}, {a.kind}) resolved by {a.resolved_by}: {a.resolution}")

@@ -103,6 +103,13 @@ class NotRegistered(JukinetError):
     code = "FAILED_PRECONDITION"
 
 
+class AlreadyResolved(JukinetError):
+    """An operator case (a code anomaly) was closed before: closing it again would overwrite who did what."""
+
+    reason = "ALREADY_RESOLVED"
+    code = "FAILED_PRECONDITION"
+
+
 class NotOnThisNode(JukinetError):
     """The call is served by another kind of node (say, code reconciliation: the center only)."""
 

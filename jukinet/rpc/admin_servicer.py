@@ -134,12 +134,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListCodeAnomaliesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListCodeAnomaliesResponse:
         async with self._guard.call(context, authz.LIST_CODE_ANOMALIES) as call:
-            authz.check_operator_of(call.caller, self._node)
-            if self._node.role is not Role.CENTER:
-                raise NotOnThisNode(
-                    f"{self._node.uri} does not reconcile 住民票コード: only the center knows which codes it issued; "
-                    "ask the center"
-                )
+            self._check_reconciles(call.caller)
             if request.page_size < 0:
                 raise InvalidField("page_size", "must not be negative")
             if request.kind and request.kind not in code_checks.KINDS:
@@ -148,7 +143,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             before = page_token("page_token", request.page_token)
 
             def read(c: Connection) -> tuple[list[code_checks.CodeAnomaly], int]:
-                page = code_checks.anomaly_page(c, before_id=before, limit=limit + 1, kind=request.kind)
+                page = code_checks.anomaly_page(
+                    c, before_id=before, limit=limit + 1, kind=request.kind, include_resolved=request.include_resolved
+                )
                 return page, code_checks.unchecked(c)
 
             page, unchecked = await self._store.read(read)
@@ -156,23 +153,51 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             page = page[:limit]
             await self._guard.log_served(call, subjects=[a.resident_code for a in page])
             return admin_pb2.ListCodeAnomaliesResponse(
-                anomalies=[
-                    admin_pb2.CodeAnomaly(
-                        id=a.id,
-                        detected_time=timestamp(a.detected_at) if a.detected_at else None,
-                        resident_code=a.resident_code,
-                        kind=a.kind,
-                        municipality_code=a.municipality,
-                        origin=a.origin,
-                        seq=a.seq,
-                        detail=a.detail,
-                    )
-                    for a in page
-                ],
+                anomalies=[_anomaly_pb(a) for a in page],
                 next_page_token=str(page[-1].id) if more and page else "",
                 unchecked_events=unchecked,
             )
         raise AssertionError("unreachable")
+
+    async def ResolveCodeAnomaly(
+        self, request: admin_pb2.ResolveCodeAnomalyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ResolveCodeAnomalyResponse:
+        async with self._guard.call(context, authz.RESOLVE_CODE_ANOMALY) as call:
+            self._check_reconciles(call.caller)
+            if request.id <= 0:
+                raise InvalidField("id", "must be the id of a listed anomaly (a positive number)")
+            resolution = text("resolution", request.resolution, max_chars=300)
+            now = dt.datetime.now(dt.UTC)
+
+            def persist(conn: Connection) -> code_checks.CodeAnomaly:
+                anomaly = code_checks.resolve_anomaly(
+                    conn, request.id, by=call.caller.uri, resolution=resolution, now=now
+                )
+                entry = AccessEntry(
+                    at=now,
+                    request_id=call.info.request_id,
+                    peer=call.info.peer,
+                    method=call.info.method,
+                    outcome="OK",
+                    subjects=(anomaly.resident_code,),
+                )
+                SqlTx(conn).append_access([entry])
+                return anomaly
+
+            anomaly = await self._store.write(persist)
+            log.warning("code_anomaly_resolved", id=anomaly.id, kind=anomaly.kind, by=call.caller.uri)
+            if self._metrics is not None:
+                self._metrics.code_anomalies.labels(anomaly.kind).dec()
+            return admin_pb2.ResolveCodeAnomalyResponse(anomaly=_anomaly_pb(anomaly))
+        raise AssertionError("unreachable")
+
+    def _check_reconciles(self, caller: NodeId) -> None:
+        authz.check_operator_of(caller, self._node)
+        if self._node.role is not Role.CENTER:
+            raise NotOnThisNode(
+                f"{self._node.uri} does not reconcile 住民票コード: only the center knows which codes it issued; "
+                "ask the center"
+            )
 
     async def CutOff(
         self, request: admin_pb2.CutOffRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -207,3 +232,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if self._metrics is not None:
             self._metrics.cut_off.set(1 if reason is not None else 0)
         log.warning("node_cut_off" if reason is not None else "node_resumed", reason=reason, by=info.peer)
+
+
+def _anomaly_pb(a: code_checks.CodeAnomaly) -> admin_pb2.CodeAnomaly:
+    return admin_pb2.CodeAnomaly(
+        id=a.id,
+        detected_time=timestamp(a.detected_at) if a.detected_at else None,
+        resident_code=a.resident_code,
+        kind=a.kind,
+        municipality_code=a.municipality,
+        origin=a.origin,
+        seq=a.seq,
+        detail=a.detail,
+        resolved_time=timestamp(a.resolved_at) if a.resolved_at else None,
+        resolved_by=a.resolved_by,
+        resolution=a.resolution,
+    )

@@ -15,6 +15,7 @@ LIST_ACCESS_LOG = _PKG + "AdminService/ListAccessLog"
 CUT_OFF = _PKG + "AdminService/CutOff"
 RESUME = _PKG + "AdminService/Resume"
 LIST_CODE_ANOMALIES = _PKG + "AdminService/ListCodeAnomalies"
+RESOLVE_CODE_ANOMALY = _PKG + "AdminService/ResolveCodeAnomaly"
 LOOKUP_RESIDENT = _PKG + "ProvisionService/LookupResident"
 SEARCH_RESIDENTS = _PKG + "ProvisionService/SearchResidents"
 LOOKUP_RESIDENTS = _PKG + "ProvisionService/LookupResidents"
@@ -31,6 +32,7 @@ _ADMIN = {
     CUT_OFF: _OPERATOR,
     RESUME: _OPERATOR,
     LIST_CODE_ANOMALIES: _OPERATOR,
+    RESOLVE_CODE_ANOMALY: _OPERATOR,
 }
 
 MUNICIPALITY_POLICY = {
@@ -105,6 +107,7 @@ OPERATOR_MINIMUM_ROLE = {
     GET_DIGEST: VIEWER,
     DISCLOSE_RESIDENT: CLERK,
     LIST_CODE_ANOMALIES: CLERK,
+    RESOLVE_CODE_ANOMALY: CLERK,
     LIST_ACCESS_LOG: SECURITY_ADMIN,
     CUT_OFF: SECURITY_ADMIN,
     RESUME: SECURITY_ADMIN,

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, func, select, union_all
 
+from jukinet.domain.errors import AlreadyResolved, NotFoundError
 from jukinet.domain.model import CREATE_REASONS, ChangeReason
 from jukinet.domain.validate import JST
 from jukinet.storage import rows
@@ -46,6 +47,9 @@ class CodeAnomaly:
     detail: str
     detected_at: dt.datetime | None = None
     id: int = 0
+    resolved_at: dt.datetime | None = None
+    resolved_by: str = ""
+    resolution: str = ""
 
 
 def checked_through(conn: Connection) -> int:
@@ -209,29 +213,59 @@ def mark_checked(conn: Connection, through_id: int) -> None:
 
 
 def anomaly_counts(conn: Connection) -> dict[str, int]:
+    """Open (unresolved) anomalies by kind."""
     counts = dict.fromkeys(KINDS, 0)
-    for kind, count in conn.execute(select(code_anomaly.c.kind, func.count()).group_by(code_anomaly.c.kind)):
+    query = select(code_anomaly.c.kind, func.count()).where(code_anomaly.c.resolved_us.is_(None))
+    for kind, count in conn.execute(query.group_by(code_anomaly.c.kind)):
         counts[str(kind)] = int(count)
     return counts
 
 
-def anomaly_page(conn: Connection, *, before_id: int | None, limit: int, kind: str = "") -> list[CodeAnomaly]:
-    """Newest first, ids below before_id."""
+def anomaly_page(
+    conn: Connection, *, before_id: int | None, limit: int, kind: str = "", include_resolved: bool = False
+) -> list[CodeAnomaly]:
+    """Newest first, ids below before_id; open ones only unless include_resolved."""
     query = select(code_anomaly).order_by(code_anomaly.c.id.desc()).limit(limit)
     if before_id is not None:
         query = query.where(code_anomaly.c.id < before_id)
     if kind:
         query = query.where(code_anomaly.c.kind == kind)
-    return [
-        CodeAnomaly(
-            resident_code=r.resident_code,
-            kind=r.kind,
-            municipality=r.municipality,
-            origin=r.origin,
-            seq=int(r.seq),
-            detail=r.detail,
-            detected_at=rows.from_us(int(r.detected_us)),
-            id=int(r.id),
+    if not include_resolved:
+        query = query.where(code_anomaly.c.resolved_us.is_(None))
+    return [_anomaly(r) for r in conn.execute(query)]
+
+
+def resolve_anomaly(conn: Connection, anomaly_id: int, *, by: str, resolution: str, now: dt.datetime) -> CodeAnomaly:
+    """Marks an open anomaly resolved (who, when, what was done); returns it as it now stands.
+    Raises NotFoundError for an unknown id and AlreadyResolved for one resolved before."""
+    row = conn.execute(select(code_anomaly).where(code_anomaly.c.id == anomaly_id)).first()
+    if row is None:
+        raise NotFoundError(f"no code anomaly {anomaly_id}; list them with `jukinet codes anomalies --all`")
+    if row.resolved_us is not None:
+        raise AlreadyResolved(
+            f"code anomaly {anomaly_id} ({row.resident_code}) was resolved by {row.resolved_by} at "
+            f"{rows.from_us(int(row.resolved_us)).astimezone(JST):%Y-%m-%d %H:%M} JST: {row.resolution}"
         )
-        for r in conn.execute(query)
-    ]
+    conn.execute(
+        code_anomaly.update()
+        .where(code_anomaly.c.id == anomaly_id, code_anomaly.c.resolved_us.is_(None))
+        .values(resolved_us=rows.to_us(now), resolved_by=by[:200], resolution=resolution[:300])
+    )
+    resolved = conn.execute(select(code_anomaly).where(code_anomaly.c.id == anomaly_id)).one()
+    return _anomaly(resolved)
+
+
+def _anomaly(r: Any) -> CodeAnomaly:
+    return CodeAnomaly(
+        resident_code=r.resident_code,
+        kind=r.kind,
+        municipality=r.municipality,
+        origin=r.origin,
+        seq=int(r.seq),
+        detail=r.detail,
+        detected_at=rows.from_us(int(r.detected_us)),
+        id=int(r.id),
+        resolved_at=None if r.resolved_us is None else rows.from_us(int(r.resolved_us)),
+        resolved_by=r.resolved_by,
+        resolution=r.resolution,
+    )

@@ -208,7 +208,7 @@ provision_key_cursor = Table(
 # Center: 住民票コード the network holds but should not (jukinet/storage/code_checks.py): never issued by the
 # center, or retired by a code change and still registered as active elsewhere. One row per (code, kind);
 # the relay applies such changes anyway (refusing one would block its municipality's queue): operators
-# reconcile them from this list (jukinet codes anomalies).
+# reconcile them from this list (jukinet codes anomalies) and record what they did (jukinet codes resolve).
 code_anomaly = Table(
     "code_anomaly",
     metadata,
@@ -220,6 +220,10 @@ code_anomaly = Table(
     Column("origin", String(6), nullable=False),  # the event that brought it to the operator's attention
     Column("seq", BigInteger, nullable=False),
     Column("detail", String(300), nullable=False),
+    # Set once an operator has reconciled it (jukinet codes resolve): who, when, what was done.
+    Column("resolved_us", BigInteger, nullable=True),
+    Column("resolved_by", String(200), nullable=False, server_default=""),
+    Column("resolution", String(300), nullable=False, server_default=""),
     UniqueConstraint("resident_code", "kind", name="uq_code_anomaly_code_kind"),
 )
 # Center: event.id of the last event whose codes were checked.

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from center.code_checker import CodeChecker
 from jukinet.codes import resident_code_from_body
+from jukinet.domain.errors import AlreadyResolved, NotFoundError
 from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Sex
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.services.relay import CallInfo, apply_batch
@@ -27,6 +28,7 @@ from jukinet.storage.code_checks import (
     mark_checked,
     newest_event,
     record_anomalies,
+    resolve_anomaly,
     unchecked,
 )
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
@@ -210,6 +212,42 @@ def test_legitimate_moves_and_code_changes_are_not_anomalies_in_any_order(db_fac
     assert _arrivals(db_factory, a_events, b_events) == [set()] * 4
 
 
+def test_an_anomaly_is_resolved_once_and_leaves_the_open_list(db_factory: Callable[[str], str]) -> None:
+    engine = _center(db_factory)
+    _apply(
+        engine,
+        B,
+        [_event(B, 1, NEVER_ISSUED, ChangeReason.MOVE_IN, 2), _event(B, 2, "88888888888", ChangeReason.BIRTH, 3)],
+    )
+    _check(engine)
+    later = T0 + dt.timedelta(days=3)
+    with engine.begin() as conn:
+        [newest, oldest] = anomaly_page(conn, before_id=None, limit=10)
+        done = resolve_anomaly(
+            conn, oldest.id, by="jukinet://operator/center/clerk", resolution="職権修正 done", now=later
+        )
+        assert (done.resolved_at, done.resolved_by, done.resolution) == (
+            later,
+            "jukinet://operator/center/clerk",
+            "職権修正 done",
+        )
+        assert [a.id for a in anomaly_page(conn, before_id=None, limit=10)] == [newest.id]
+        assert [a.id for a in anomaly_page(conn, before_id=None, limit=10, include_resolved=True)] == [
+            newest.id,
+            oldest.id,
+        ]
+        assert anomaly_counts(conn) == {UNISSUED: 1, RETIRED_IN_USE: 0}
+        with pytest.raises(AlreadyResolved, match="resolved by jukinet://operator/center/clerk"):
+            resolve_anomaly(conn, oldest.id, by="someone else", resolution="again", now=later)
+        with pytest.raises(NotFoundError):
+            resolve_anomaly(conn, 999, by="x", resolution="y", now=later)
+    _apply(engine, B, [_event(B, 3, NEVER_ISSUED, ChangeReason.INTRA_MOVE, 4)])
+    _check(engine)  # the same code again: it stays resolved, no second record
+    with engine.begin() as conn:
+        assert [a.id for a in anomaly_page(conn, before_id=None, limit=10)] == [newest.id]
+    engine.dispose()
+
+
 async def test_the_center_task_checks_behind_the_relay_and_sets_the_gauge(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'center.db'}")
     try:
@@ -322,6 +360,36 @@ async def test_operators_list_anomalies_at_the_center_and_only_there(pki_dir: Pa
             with pytest.raises(grpc.aio.AioRpcError) as negative:
                 await stub.ListCodeAnomalies(admin_pb2.ListCodeAnomaliesRequest(page_size=-1), timeout=5)
             assert negative.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        first_id = str(second.anomalies[-1].id)
+        cli = ("--node", center.address, "--pki-dir", str(pki_dir), "--as", "jukinet://operator/center/clerk")
+        exit_code, out, err = await jukinet("codes", "resolve", first_id, "--resolution", "職権修正 by 132187", *cli)
+        assert exit_code == 0, err
+        assert f"resolved by jukinet://operator/center/clerk: 職権修正 by {B}" in out
+        exit_code, _, err = await jukinet("codes", "resolve", first_id, "--resolution", "again", *cli)
+        assert exit_code == 1
+        assert "FAILED_PRECONDITION" in err
+        assert "was resolved by jukinet://operator/center/clerk" in err
+        _, out, _ = await jukinet("codes", "anomalies", "--json", *cli)
+        assert [json.loads(line)["resident_code"] for line in out.splitlines()] == [more[1], more[0]]
+        _, out, _ = await jukinet("codes", "anomalies", "--json", "--all", *cli)
+        resolved = [json.loads(line) for line in out.splitlines()][-1]
+        assert (resolved["resident_code"], resolved["resolution"]) == (code, f"職権修正 by {B}")
+        async with channel(pki_dir, "jukinet://operator/center/clerk", center.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as empty:
+                await admin_pb2_grpc.AdminServiceStub(ch).ResolveCodeAnomaly(
+                    admin_pb2.ResolveCodeAnomalyRequest(id=int(first_id)), timeout=5
+                )
+            assert empty.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        async with channel(pki_dir, "jukinet://operator/center/viewer", center.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as viewer_resolves:
+                await admin_pb2_grpc.AdminServiceStub(ch).ResolveCodeAnomaly(
+                    admin_pb2.ResolveCodeAnomalyRequest(id=int(first_id), resolution="x"), timeout=5
+                )
+            assert viewer_resolves.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        logged = await center.ctx.store.read(lambda c: queries.access_page(c, before_id=None, limit=50))
+        resolves = [(e.outcome, tuple(e.subjects)) for _, e in logged if e.method.endswith("ResolveCodeAnomaly")]
+        assert ("OK", (code,)) in resolves  # logged with the code, in the transaction that resolved it
+        assert len([o for o, _ in resolves if o == "OK"]) == 1
     finally:
         for node in (prefecture, center):
             await node.stop()

@@ -20,6 +20,56 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ResolveCodeAnomalyRequest(_message.Message):
+    """Closes one code anomaly."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The anomaly's id (from ListCodeAnomalies)."""
+    resolution: _builtins.str
+    """What was done, for the record (required, at most 300 characters): say, the 職権修正 the municipality made."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        resolution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveCodeAnomalyRequest: _TypeAlias = ResolveCodeAnomalyRequest  # noqa: Y015
+
+@_typing.final
+class ResolveCodeAnomalyResponse(_message.Message):
+    """The anomaly as now recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANOMALY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def anomaly(self) -> Global___CodeAnomaly:
+        """With resolved_time, resolved_by and resolution set."""
+
+    def __init__(
+        self,
+        *,
+        anomaly: Global___CodeAnomaly | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveCodeAnomalyResponse: _TypeAlias = ResolveCodeAnomalyResponse  # noqa: Y015
+
+@_typing.final
 class ListCodeAnomaliesRequest(_message.Message):
     """Asks for recorded code anomalies."""
 
@@ -28,22 +78,26 @@ class ListCodeAnomaliesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESOLVED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many entries (default 50, maximum 1000)."""
     page_token: _builtins.str
     """From a previous response's next_page_token."""
     kind: _builtins.str
     """Only this kind ("unissued" or "retired_in_use"), when set."""
+    include_resolved: _builtins.bool
+    """Resolved ones too (by default only open ones are listed)."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         kind: _builtins.str = ...,
+        include_resolved: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_resolved", b"include_resolved", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,6 +149,9 @@ class CodeAnomaly(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    RESOLVED_TIME_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Position in the center's list."""
     resident_code: _builtins.str
@@ -111,9 +168,17 @@ class CodeAnomaly(_message.Message):
     """Seq of that event at its origin."""
     detail: _builtins.str
     """What was found, for the operator."""
+    resolved_by: _builtins.str
+    """Who resolved it (operator URI)."""
+    resolution: _builtins.str
+    """What was done."""
     @_builtins.property
     def detected_time(self) -> _timestamp_pb2.Timestamp:
         """When the center found it."""
+
+    @_builtins.property
+    def resolved_time(self) -> _timestamp_pb2.Timestamp:
+        """When an operator resolved it (unset while open)."""
 
     def __init__(
         self,
@@ -126,10 +191,13 @@ class CodeAnomaly(_message.Message):
         origin: _builtins.str = ...,
         seq: _builtins.int = ...,
         detail: _builtins.str = ...,
+        resolved_time: _timestamp_pb2.Timestamp | None = ...,
+        resolved_by: _builtins.str = ...,
+        resolution: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["detected_time", b"detected_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detected_time", b"detected_time", "resolved_time", b"resolved_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "detected_time", b"detected_time", "id", b"id", "kind", b"kind", "municipality_code", b"municipality_code", "origin", b"origin", "resident_code", b"resident_code", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "detected_time", b"detected_time", "id", b"id", "kind", b"kind", "municipality_code", b"municipality_code", "origin", b"origin", "resident_code", b"resident_code", "resolution", b"resolution", "resolved_by", b"resolved_by", "resolved_time", b"resolved_time", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

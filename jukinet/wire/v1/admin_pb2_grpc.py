@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesRequest.SerializeToString,
                 response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesResponse.FromString,
                 _registered_method=True)
+        self.ResolveCodeAnomaly = channel.unary_unary(
+                '/jukinet.wire.v1.AdminService/ResolveCodeAnomaly',
+                request_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResolveCodeAnomalyRequest.SerializeToString,
+                response_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResolveCodeAnomalyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -108,8 +113,15 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCodeAnomalies(self, request, context):
-        """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
-        newest first. Other nodes answer FAILED_PRECONDITION.
+        """Center only: 住民票コード the network holds but should not (never issued, or retired and registered
+        again), newest first. Other nodes answer FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveCodeAnomaly(self, request, context):
+        """Center only: records that an operator reconciled one code anomaly (what was done), once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +159,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListCodeAnomalies,
                     request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesRequest.FromString,
                     response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesResponse.SerializeToString,
+            ),
+            'ResolveCodeAnomaly': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveCodeAnomaly,
+                    request_deserializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResolveCodeAnomalyRequest.FromString,
+                    response_serializer=jukinet_dot_wire_dot_v1_dot_admin__pb2.ResolveCodeAnomalyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class AdminService:
             '/jukinet.wire.v1.AdminService/ListCodeAnomalies',
             jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesRequest.SerializeToString,
             jukinet_dot_wire_dot_v1_dot_admin__pb2.ListCodeAnomaliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveCodeAnomaly(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.wire.v1.AdminService/ResolveCodeAnomaly',
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.ResolveCodeAnomalyRequest.SerializeToString,
+            jukinet_dot_wire_dot_v1_dot_admin__pb2.ResolveCodeAnomalyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,9 +46,11 @@ class AdminServiceStub:
     Resume: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]
     """Ends a cut-off: links reopen and outboxes drain."""
     ListCodeAnomalies: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCodeAnomaliesRequest, _admin_pb2.ListCodeAnomaliesResponse]
-    """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
-    newest first. Other nodes answer FAILED_PRECONDITION.
+    """Center only: 住民票コード the network holds but should not (never issued, or retired and registered
+    again), newest first. Other nodes answer FAILED_PRECONDITION.
     """
+    ResolveCodeAnomaly: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResolveCodeAnomalyRequest, _admin_pb2.ResolveCodeAnomalyResponse]
+    """Center only: records that an operator reconciled one code anomaly (what was done), once."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -68,9 +70,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Resume: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]  # type: ignore[assignment]
     """Ends a cut-off: links reopen and outboxes drain."""
     ListCodeAnomalies: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCodeAnomaliesRequest, _admin_pb2.ListCodeAnomaliesResponse]  # type: ignore[assignment]
-    """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
-    newest first. Other nodes answer FAILED_PRECONDITION.
+    """Center only: 住民票コード the network holds but should not (never issued, or retired and registered
+    again), newest first. Other nodes answer FAILED_PRECONDITION.
     """
+    ResolveCodeAnomaly: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResolveCodeAnomalyRequest, _admin_pb2.ResolveCodeAnomalyResponse]  # type: ignore[assignment]
+    """Center only: records that an operator reconciled one code anomaly (what was done), once."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every node to operators (certificate jukinet://operator/<node>/<id>)."""
@@ -123,8 +127,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListCodeAnomaliesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListCodeAnomaliesResponse, _abc.Awaitable[_admin_pb2.ListCodeAnomaliesResponse]]:
-        """Center only: 住民票コード the network holds but should not (never issued, or retired and still in use),
-        newest first. Other nodes answer FAILED_PRECONDITION.
+        """Center only: 住民票コード the network holds but should not (never issued, or retired and registered
+        again), newest first. Other nodes answer FAILED_PRECONDITION.
         """
+
+    @_abc_1.abstractmethod
+    def ResolveCodeAnomaly(
+        self,
+        request: _admin_pb2.ResolveCodeAnomalyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResolveCodeAnomalyResponse, _abc.Awaitable[_admin_pb2.ResolveCodeAnomalyResponse]]:
+        """Center only: records that an operator reconciled one code anomaly (what was done), once."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
