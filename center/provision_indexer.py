@@ -8,7 +8,13 @@ import structlog
 
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.storage import Store
-from jukinet.storage.provision_index import DEFAULT_BATCH, DROP_PER_ENTRY_INDEX, index_provisions, unindexed
+from jukinet.storage.provision_index import (
+    DEFAULT_BATCH,
+    DROP_PER_ENTRY_INDEX,
+    index_provisions,
+    newest_provision,
+    unindexed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,11 +49,13 @@ class ProvisionIndexer:
         self._old_index_dropped = False
 
     async def catch_up(self) -> int:
-        """Indexes everything committed so far; returns how many entries."""
+        """Indexes everything committed when it starts (not what arrives meanwhile: chasing a busy log's tail
+        would index it in many small jobs); returns how many entries."""
+        target = await self._store.read(newest_provision)
         total = 0
         caught_up = False
         while not caught_up:
-            indexed, caught_up = await self._store.write(lambda conn: index_provisions(conn, self.batch))
+            indexed, caught_up = await self._store.write(lambda conn: index_provisions(conn, self.batch, upto=target))
             total += indexed
         if not self._old_index_dropped:
             # A database from before this index: its per-entry index served disclosure until the backfill

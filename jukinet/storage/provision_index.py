@@ -31,9 +31,10 @@ def unindexed(conn: Connection) -> int:
     return max(0, newest_provision(conn) - indexed_through(conn))
 
 
-def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH) -> tuple[int, bool]:
-    """Indexes the entries with ids up to `limit` past the cursor, in resident-code order, and moves the
-    cursor past them; returns (entries indexed, whether the cursor reached the newest entry).
+def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH, *, upto: int | None = None) -> tuple[int, bool]:
+    """Indexes the entries with ids up to `limit` past the cursor (and at most `upto`), in resident-code
+    order, and moves the cursor past them; returns (entries indexed, whether the cursor reached the newest
+    entry, or `upto`).
 
     Runs as a job of the node's one writer, like every insert into the log: ids are committed in order, so
     no entry below the cursor can still be in flight (PostgreSQL sequences included)."""
@@ -42,7 +43,7 @@ def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH) -> tuple[int,
         # an id it holds below the cursor would otherwise be neither indexed nor in the scanned tail.
         conn.exec_driver_sql("LOCK TABLE provision_log IN SHARE ROW EXCLUSIVE MODE")
     start = indexed_through(conn)
-    newest = newest_provision(conn)
+    newest = newest_provision(conn) if upto is None else min(upto, newest_provision(conn))
     through = min(newest, start + limit)
     if through <= start:
         return 0, True
@@ -52,6 +53,9 @@ def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH) -> tuple[int,
         .order_by(provision_log.c.resident_code, provision_log.c.id)
     )
     copied = conn.execute(provision_key.insert().from_select(["resident_code", "provision_id"], batch)).rowcount
+    if copied < 0:  # a driver that does not report it for INSERT … SELECT
+        in_range = (provision_log.c.id > start, provision_log.c.id <= through)
+        copied = conn.execute(select(func.count()).select_from(provision_log).where(*in_range)).scalar_one()
     moved = conn.execute(
         provision_key_cursor.update().where(provision_key_cursor.c.id == 1).values(indexed_through=through)
     ).rowcount

@@ -136,3 +136,17 @@ async def test_the_indexer_waits_for_a_large_batch_or_for_the_oldest_entry_to_wa
         assert await store.read(indexed_through) == 7  # one entry, but it has waited long enough
     finally:
         store.close()
+
+
+def test_indexing_stops_at_the_entry_it_was_asked_to_reach(db_factory: Callable[[str], str]) -> None:
+    """A catch-up indexes what was committed when it started; entries appended meanwhile wait for the next
+    one (chasing a busy log's tail would index it in many small jobs)."""
+    engine = make_engine(db_factory("center"))
+    with engine.begin() as conn:
+        SqlTx(conn).append_provisions(ENTRIES)
+        assert index_provisions(conn, 5, upto=12) == (5, False)
+        assert index_provisions(conn, 100, upto=12) == (7, True)
+        assert indexed_through(conn) == 12
+        assert index_provisions(conn, 100, upto=12) == (0, True)
+        assert index_provisions(conn, 100) == (18, True)
+    engine.dispose()
