@@ -14,8 +14,8 @@ from jukinet.storage.code_checks import (
     anomaly_counts,
     checked_through,
     find_anomalies,
-    newest_event,
     record_anomalies,
+    settled_newest_event,
 )
 
 log = structlog.get_logger(__name__)
@@ -38,7 +38,7 @@ class CodeChecker:
         round: chasing the tail would check it in many small steps); returns how many new anomalies were
         recorded."""
         recorded = 0
-        target = await self._store.read(newest_event)
+        target = await self._store.write(settled_newest_event)
         while (start := await self._store.read(checked_through)) < target:
             through = min(target, start + self.batch)
             found = await self._store.read(partial(find_anomalies, after_id=start, through_id=through))

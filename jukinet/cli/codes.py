@@ -30,6 +30,8 @@ def anomaly_json(a: admin_pb2.CodeAnomaly) -> dict[str, Any]:
         "event": f"{a.origin}#{a.seq}",
         "detail": a.detail,
     }
+    if a.replaced_by:
+        found["replaced_by"] = a.replaced_by
     if a.HasField("resolved_time"):
         found |= {"resolved": _jst(a.resolved_time), "resolved_by": a.resolved_by, "resolution": a.resolution}
     return found

@@ -151,7 +151,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             page, unchecked = await self._store.read(read)
             more = len(page) > limit
             page = page[:limit]
-            await self._guard.log_served(call, subjects=[a.resident_code for a in page])
+            shown = [code for a in page for code in (a.resident_code, a.replaced_by) if code]
+            await self._guard.log_served(call, subjects=shown)
             return admin_pb2.ListCodeAnomaliesResponse(
                 anomalies=[_anomaly_pb(a) for a in page],
                 next_page_token=str(page[-1].id) if more and page else "",
@@ -179,7 +180,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     peer=call.info.peer,
                     method=call.info.method,
                     outcome="OK",
-                    subjects=(anomaly.resident_code,),
+                    subjects=tuple(c for c in (anomaly.resident_code, anomaly.replaced_by) if c),
                 )
                 SqlTx(conn).append_access([entry])
                 return anomaly
@@ -247,4 +248,5 @@ def _anomaly_pb(a: code_checks.CodeAnomaly) -> admin_pb2.CodeAnomaly:
         resolved_time=timestamp(a.resolved_at) if a.resolved_at else None,
         resolved_by=a.resolved_by,
         resolution=a.resolution,
+        replaced_by=a.replaced_by,
     )

@@ -28,7 +28,8 @@ I = TypeVar("I")  # noqa: E741 - the item type
 O = TypeVar("O")  # noqa: E741 - the result type
 
 BatchFn = Callable[[Connection, Sequence[I]], Sequence[O | Exception]]
-# Runs once per job, after the last take, in the job's transaction: every item taken and its result.
+# Runs once per job, after the last take, in the job's transaction: every item taken whose caller still
+# waits, and its result.
 FinishFn = Callable[[Connection, Sequence[I], Sequence[O | Exception]], None]
 
 
@@ -101,7 +102,10 @@ class WriteBatcher(Generic[I, O]):
                 if not released:  # the batch failed while the job still held its slot
                     self._release()
             if self._finish is not None:
-                self._finish(conn, [item for item, _ in taken], results)
+                # Callers that gave up meanwhile (deadline, cancellation) will get nothing: leave them out. One
+                # who gives up after this still counts as served: over-reported, never under-reported.
+                live = [i for i, (_, future) in enumerate(taken) if not future.cancelled()]
+                self._finish(conn, [taken[i][0] for i in live], [results[i] for i in live])
             return results
 
         try:

@@ -50,6 +50,7 @@ class CodeAnomaly:
     resolved_at: dt.datetime | None = None
     resolved_by: str = ""
     resolution: str = ""
+    replaced_by: str = ""  # retired_in_use: the code that replaced it (the resident's current one)
 
 
 def checked_through(conn: Connection) -> int:
@@ -60,6 +61,15 @@ def checked_through(conn: Connection) -> int:
 
 def newest_event(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(event.c.id), 0))).scalar() or 0)
+
+
+def settled_newest_event(conn: Connection) -> int:
+    """The newest event id, once no insert below it can still be in flight: on PostgreSQL a second writer
+    could hold a lower id uncommitted, and a cursor moved past it would never check that event. Run it as a
+    writer job (the lock lasts until its commit)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE event IN SHARE ROW EXCLUSIVE MODE")
+    return newest_event(conn)
 
 
 def unchecked(conn: Connection) -> int:
@@ -95,9 +105,12 @@ def find_anomalies(conn: Connection, after_id: int, through_id: int) -> list[Cod
                 origin,
                 origin,
                 int(seq),
-                f"retired by code change {retired_at}#{retired_seq} (recorded {_when(retired_when)}, replaced by "
-                f"{replaced_by}); registered again by {_reason_name(reason)} {origin}#{seq} (recorded "
-                f"{_when(recorded)})",
+                replaced_by=replaced_by,
+                detail=(
+                    f"retired by code change {retired_at}#{retired_seq} (recorded {_when(retired_when)}, replaced "
+                    f"by {replaced_by}); registered again by {_reason_name(reason)} {origin}#{seq} (recorded "
+                    f"{_when(recorded)})"
+                ),
             )
     return list(found.values())
 
@@ -193,6 +206,7 @@ def record_anomalies(conn: Connection, anomalies: Sequence[CodeAnomaly], through
                         "origin": a.origin,
                         "seq": a.seq,
                         "detail": a.detail[:300],
+                        "replaced_by": a.replaced_by,
                     }
                     for a in fresh
                 ],
@@ -268,4 +282,5 @@ def _anomaly(r: Any) -> CodeAnomaly:
         resolved_at=None if r.resolved_us is None else rows.from_us(int(r.resolved_us)),
         resolved_by=r.resolved_by,
         resolution=r.resolution,
+        replaced_by=r.replaced_by,
     )

@@ -220,6 +220,7 @@ code_anomaly = Table(
     Column("origin", String(6), nullable=False),  # the event that brought it to the operator's attention
     Column("seq", BigInteger, nullable=False),
     Column("detail", String(300), nullable=False),
+    Column("replaced_by", String(11), nullable=False, server_default=""),  # retired_in_use: the current code
     # Set once an operator has reconciled it (jukinet codes resolve): who, when, what was done.
     Column("resolved_us", BigInteger, nullable=True),
     Column("resolved_by", String(200), nullable=False, server_default=""),

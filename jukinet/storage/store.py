@@ -65,7 +65,9 @@ class Store:
         never depends on the caller still waiting.
 
         `isolated=False` skips the job's SAVEPOINT inside a group commit (a measurable cost on hot read-mostly
-        paths such as agency lookups); such a job must raise only before its first write."""
+        paths such as agency lookups); if such a job raises, the whole group is rolled back and every job of
+        it fails with that error (there is no savepoint to return to, and PostgreSQL aborts the transaction
+        on any failed statement)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, loop, future, after_commit, isolated))
@@ -116,14 +118,18 @@ class Store:
         try:
             with self.engine.connect() as conn, conn.begin():
                 for job in group:
-                    if len(group) == 1:
-                        outcomes.append(self._run_job(conn, job, savepoint=False))
-                    else:
-                        outcomes.append(self._run_job(conn, job, savepoint=job.isolated))
-                if len(group) == 1 and not outcomes[0][0]:
-                    raise _RollbackOnly
-        except _RollbackOnly:
-            pass
+                    savepoint = len(group) > 1 and job.isolated
+                    outcome = self._run_job(conn, job, savepoint=savepoint)
+                    outcomes.append(outcome)
+                    if not outcome[0] and not savepoint:
+                        # Nothing to roll back to: on PostgreSQL a failed statement aborts the whole
+                        # transaction, and its COMMIT then rolls back without an error. Every job of the
+                        # group fails with this one's error; none is reported durable.
+                        raise _RollbackAll(outcome[1])
+        except _RollbackAll as failed:
+            if len(group) > 1:
+                log.error("db_group_rolled_back", error=repr(failed.error), jobs=len(group))
+            outcomes = [(False, failed.error) for _ in group]
         except Exception as error:  # the commit itself failed: nobody's job is durable
             log.error("db_commit_failed", error=repr(error), jobs=len(group))
             outcomes = [(False, error) for _ in group]
@@ -144,8 +150,12 @@ class Store:
             return False, error
 
 
-class _RollbackOnly(Exception):
-    """Internal: roll back a single failed job's transaction."""
+class _RollbackAll(Exception):
+    """Internal: a job without a SAVEPOINT failed; roll back the whole group's transaction."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 def _committed(job: _Job, value: Any) -> None:

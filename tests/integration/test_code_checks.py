@@ -168,6 +168,7 @@ def test_a_retired_code_registered_again_is_found_whatever_the_arrival_order_and
     with engine.begin() as conn:
         [anomaly] = anomaly_page(conn, before_id=None, limit=10)
     assert (anomaly.origin, anomaly.seq) == (B, 1)  # the event that used the retired code, not A's birth
+    assert anomaly.replaced_by == y  # the resident's current code: logged as a subject when an operator reads it
     assert f"retired by code change {A}#2 (recorded 2026-11-06 09:00 JST, replaced by {y})" in anomaly.detail
     assert f"registered again by move_in {B}#1 (recorded 2026-11-10 09:00 JST)" in anomaly.detail
     engine.dispose()

@@ -169,3 +169,45 @@ async def test_finish_runs_once_per_job_over_every_take_in_the_same_transaction(
     assert [str(d) for d in doomed] == ["the log refused the job"] * 2
     stored = await store.read(lambda c: sorted(c.execute(text("SELECT n FROM item")).scalars()))
     assert stored == [1, 2, 3, 4]  # finish's writes committed with their job; the failed job's rolled back
+
+
+async def test_a_failed_job_without_savepoint_fails_its_whole_group(store: Store) -> None:
+    """A job that runs without a SAVEPOINT (isolated=False) has nothing to roll back to: on PostgreSQL its
+    failed statement aborts the whole transaction, whose COMMIT then rolls back without an error. So the
+    group fails as a whole: no job of it is reported durable (before, the other job's caller got OK)."""
+    release, held = _hold_writer(store)
+    await asyncio.sleep(0.05)  # the writer runs the holding job alone
+    committed = asyncio.ensure_future(
+        store.write(lambda c: c.execute(text("INSERT INTO item (n) VALUES (1)")).rowcount)
+    )
+    failing = asyncio.ensure_future(
+        store.write(lambda c: c.execute(text("SELECT n FROM no_such_table")).scalar(), isolated=False)
+    )
+    await asyncio.sleep(0.05)  # both queued behind the held writer: one group
+    release.set()
+    await held
+    outcomes = await asyncio.gather(committed, failing, return_exceptions=True)
+    assert all(isinstance(o, Exception) for o in outcomes), outcomes
+    assert str(outcomes[0]) == str(outcomes[1])  # the failing job's error, for both
+    assert await store.read(lambda c: c.execute(text("SELECT count(*) FROM item")).scalar()) == 0
+    assert await store.write(lambda c: c.execute(text("INSERT INTO item (n) VALUES (2)")).rowcount) == 1
+
+
+async def test_finish_leaves_out_callers_who_gave_up_before_it_ran(store: Store) -> None:
+    """A caller cancelled (a deadline) while its item waits is not logged by `finish`: it will get nothing."""
+    finished: list[list[int]] = []
+    batcher: WriteBatcher[int, int] = WriteBatcher(
+        store, lambda conn, items: list(items), finish=lambda conn, items, results: finished.append(list(items))
+    )
+    release, held = _hold_writer(store)
+    await asyncio.sleep(0.05)
+    calls = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    calls[1].cancel()
+    release.set()
+    await held
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert outcomes[2] == 3
+    assert finished == [[1, 3]]

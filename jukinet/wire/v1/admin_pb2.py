@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjukinet/wire/v1/admin.proto\x12\x0fjukinet.wire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x19ResolveCodeAnomalyRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\nresolution\x18\x02 \x01(\t\"K\n\x1aResolveCodeAnomalyResponse\x12-\n\x07\x61nomaly\x18\x01 \x01(\x0b\x32\x1c.jukinet.wire.v1.CodeAnomaly\"i\n\x18ListCodeAnomaliesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x18\n\x10include_resolved\x18\x04 \x01(\x08\"\x7f\n\x19ListCodeAnomaliesResponse\x12/\n\tanomalies\x18\x01 \x03(\x0b\x32\x1c.jukinet.wire.v1.CodeAnomaly\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10unchecked_events\x18\x03 \x01(\x03\"\x95\x02\n\x0b\x43odeAnomaly\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x31\n\rdetected_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rresident_code\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x19\n\x11municipality_code\x18\x05 \x01(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x31\n\rresolved_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\n \x01(\t\x12\x12\n\nresolution\x18\x0b \x01(\t\"\x1f\n\rCutOffRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"!\n\x0e\x43utOffResponse\x12\x0f\n\x07\x63ut_off\x18\x01 \x01(\x08\"\x0f\n\rResumeRequest\"!\n\x0eResumeResponse\x12\x0f\n\x07\x63ut_off\x18\x01 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\x11GetStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63tive_count\x18\x03 \x01(\x03\x12\x14\n\x0coutbox_depth\x18\x04 \x01(\x03\x12.\n\x07origins\x18\x05 \x03(\x0b\x32\x1d.jukinet.wire.v1.OriginStatus\x12\x12\n\nfree_codes\x18\x06 \x01(\x03\x12\x18\n\x10\x61\x63\x63\x65ss_log_count\x18\x07 \x01(\x03\x12\x0f\n\x07\x63ut_off\x18\x08 \x01(\x08\"G\n\x0cOriginStatus\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08head_seq\x18\x02 \x01(\x03\x12\x15\n\rforwarded_seq\x18\x03 \x01(\x03\"-\n\x10GetDigestRequest\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\"\x82\x01\n\x11GetDigestResponse\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x1a\n\x12registration_count\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63tive_count\x18\x03 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\x12\x10\n\x08head_seq\x18\x05 \x01(\x03\"d\n\x14ListAccessLogRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rresident_code\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\"b\n\x15ListAccessLogResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.jukinet.wire.v1.AccessLogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbf\x01\n\x0e\x41\x63\x63\x65ssLogEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x10\n\x08subjects\x18\x07 \x03(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x11\n\tdirection\x18\t \x01(\t2\x87\x05\n\x0c\x41\x64minService\x12R\n\tGetStatus\x12!.jukinet.wire.v1.GetStatusRequest\x1a\".jukinet.wire.v1.GetStatusResponse\x12R\n\tGetDigest\x12!.jukinet.wire.v1.GetDigestRequest\x1a\".jukinet.wire.v1.GetDigestResponse\x12^\n\rListAccessLog\x12%.jukinet.wire.v1.ListAccessLogRequest\x1a&.jukinet.wire.v1.ListAccessLogResponse\x12I\n\x06\x43utOff\x12\x1e.jukinet.wire.v1.CutOffRequest\x1a\x1f.jukinet.wire.v1.CutOffResponse\x12I\n\x06Resume\x12\x1e.jukinet.wire.v1.ResumeRequest\x1a\x1f.jukinet.wire.v1.ResumeResponse\x12j\n\x11ListCodeAnomalies\x12).jukinet.wire.v1.ListCodeAnomaliesRequest\x1a*.jukinet.wire.v1.ListCodeAnomaliesResponse\x12m\n\x12ResolveCodeAnomaly\x12*.jukinet.wire.v1.ResolveCodeAnomalyRequest\x1a+.jukinet.wire.v1.ResolveCodeAnomalyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjukinet/wire/v1/admin.proto\x12\x0fjukinet.wire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x19ResolveCodeAnomalyRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\nresolution\x18\x02 \x01(\t\"K\n\x1aResolveCodeAnomalyResponse\x12-\n\x07\x61nomaly\x18\x01 \x01(\x0b\x32\x1c.jukinet.wire.v1.CodeAnomaly\"i\n\x18ListCodeAnomaliesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x18\n\x10include_resolved\x18\x04 \x01(\x08\"\x7f\n\x19ListCodeAnomaliesResponse\x12/\n\tanomalies\x18\x01 \x03(\x0b\x32\x1c.jukinet.wire.v1.CodeAnomaly\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10unchecked_events\x18\x03 \x01(\x03\"\xaa\x02\n\x0b\x43odeAnomaly\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x31\n\rdetected_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rresident_code\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x19\n\x11municipality_code\x18\x05 \x01(\t\x12\x0e\n\x06origin\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x31\n\rresolved_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\n \x01(\t\x12\x12\n\nresolution\x18\x0b \x01(\t\x12\x13\n\x0breplaced_by\x18\x0c \x01(\t\"\x1f\n\rCutOffRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"!\n\x0e\x43utOffResponse\x12\x0f\n\x07\x63ut_off\x18\x01 \x01(\x08\"\x0f\n\rResumeRequest\"!\n\x0eResumeResponse\x12\x0f\n\x07\x63ut_off\x18\x01 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\x11GetStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63tive_count\x18\x03 \x01(\x03\x12\x14\n\x0coutbox_depth\x18\x04 \x01(\x03\x12.\n\x07origins\x18\x05 \x03(\x0b\x32\x1d.jukinet.wire.v1.OriginStatus\x12\x12\n\nfree_codes\x18\x06 \x01(\x03\x12\x18\n\x10\x61\x63\x63\x65ss_log_count\x18\x07 \x01(\x03\x12\x0f\n\x07\x63ut_off\x18\x08 \x01(\x08\"G\n\x0cOriginStatus\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08head_seq\x18\x02 \x01(\x03\x12\x15\n\rforwarded_seq\x18\x03 \x01(\x03\"-\n\x10GetDigestRequest\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\"\x82\x01\n\x11GetDigestResponse\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x1a\n\x12registration_count\x18\x02 \x01(\x03\x12\x14\n\x0c\x61\x63tive_count\x18\x03 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\x12\x10\n\x08head_seq\x18\x05 \x01(\x03\"d\n\x14ListAccessLogRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rresident_code\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\"b\n\x15ListAccessLogResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.jukinet.wire.v1.AccessLogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbf\x01\n\x0e\x41\x63\x63\x65ssLogEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x10\n\x08subjects\x18\x07 \x03(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x11\n\tdirection\x18\t \x01(\t2\x87\x05\n\x0c\x41\x64minService\x12R\n\tGetStatus\x12!.jukinet.wire.v1.GetStatusRequest\x1a\".jukinet.wire.v1.GetStatusResponse\x12R\n\tGetDigest\x12!.jukinet.wire.v1.GetDigestRequest\x1a\".jukinet.wire.v1.GetDigestResponse\x12^\n\rListAccessLog\x12%.jukinet.wire.v1.ListAccessLogRequest\x1a&.jukinet.wire.v1.ListAccessLogResponse\x12I\n\x06\x43utOff\x12\x1e.jukinet.wire.v1.CutOffRequest\x1a\x1f.jukinet.wire.v1.CutOffResponse\x12I\n\x06Resume\x12\x1e.jukinet.wire.v1.ResumeRequest\x1a\x1f.jukinet.wire.v1.ResumeResponse\x12j\n\x11ListCodeAnomalies\x12).jukinet.wire.v1.ListCodeAnomaliesRequest\x1a*.jukinet.wire.v1.ListCodeAnomaliesResponse\x12m\n\x12ResolveCodeAnomaly\x12*.jukinet.wire.v1.ResolveCodeAnomalyRequest\x1a+.jukinet.wire.v1.ResolveCodeAnomalyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,31 +41,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCODEANOMALIESRESPONSE']._serialized_start=326
   _globals['_LISTCODEANOMALIESRESPONSE']._serialized_end=453
   _globals['_CODEANOMALY']._serialized_start=456
-  _globals['_CODEANOMALY']._serialized_end=733
-  _globals['_CUTOFFREQUEST']._serialized_start=735
-  _globals['_CUTOFFREQUEST']._serialized_end=766
-  _globals['_CUTOFFRESPONSE']._serialized_start=768
-  _globals['_CUTOFFRESPONSE']._serialized_end=801
-  _globals['_RESUMEREQUEST']._serialized_start=803
-  _globals['_RESUMEREQUEST']._serialized_end=818
-  _globals['_RESUMERESPONSE']._serialized_start=820
-  _globals['_RESUMERESPONSE']._serialized_end=853
-  _globals['_GETSTATUSREQUEST']._serialized_start=855
-  _globals['_GETSTATUSREQUEST']._serialized_end=873
-  _globals['_GETSTATUSRESPONSE']._serialized_start=876
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1085
-  _globals['_ORIGINSTATUS']._serialized_start=1087
-  _globals['_ORIGINSTATUS']._serialized_end=1158
-  _globals['_GETDIGESTREQUEST']._serialized_start=1160
-  _globals['_GETDIGESTREQUEST']._serialized_end=1205
-  _globals['_GETDIGESTRESPONSE']._serialized_start=1208
-  _globals['_GETDIGESTRESPONSE']._serialized_end=1338
-  _globals['_LISTACCESSLOGREQUEST']._serialized_start=1340
-  _globals['_LISTACCESSLOGREQUEST']._serialized_end=1440
-  _globals['_LISTACCESSLOGRESPONSE']._serialized_start=1442
-  _globals['_LISTACCESSLOGRESPONSE']._serialized_end=1540
-  _globals['_ACCESSLOGENTRY']._serialized_start=1543
-  _globals['_ACCESSLOGENTRY']._serialized_end=1734
-  _globals['_ADMINSERVICE']._serialized_start=1737
-  _globals['_ADMINSERVICE']._serialized_end=2384
+  _globals['_CODEANOMALY']._serialized_end=754
+  _globals['_CUTOFFREQUEST']._serialized_start=756
+  _globals['_CUTOFFREQUEST']._serialized_end=787
+  _globals['_CUTOFFRESPONSE']._serialized_start=789
+  _globals['_CUTOFFRESPONSE']._serialized_end=822
+  _globals['_RESUMEREQUEST']._serialized_start=824
+  _globals['_RESUMEREQUEST']._serialized_end=839
+  _globals['_RESUMERESPONSE']._serialized_start=841
+  _globals['_RESUMERESPONSE']._serialized_end=874
+  _globals['_GETSTATUSREQUEST']._serialized_start=876
+  _globals['_GETSTATUSREQUEST']._serialized_end=894
+  _globals['_GETSTATUSRESPONSE']._serialized_start=897
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1106
+  _globals['_ORIGINSTATUS']._serialized_start=1108
+  _globals['_ORIGINSTATUS']._serialized_end=1179
+  _globals['_GETDIGESTREQUEST']._serialized_start=1181
+  _globals['_GETDIGESTREQUEST']._serialized_end=1226
+  _globals['_GETDIGESTRESPONSE']._serialized_start=1229
+  _globals['_GETDIGESTRESPONSE']._serialized_end=1359
+  _globals['_LISTACCESSLOGREQUEST']._serialized_start=1361
+  _globals['_LISTACCESSLOGREQUEST']._serialized_end=1461
+  _globals['_LISTACCESSLOGRESPONSE']._serialized_start=1463
+  _globals['_LISTACCESSLOGRESPONSE']._serialized_end=1561
+  _globals['_ACCESSLOGENTRY']._serialized_start=1564
+  _globals['_ACCESSLOGENTRY']._serialized_end=1755
+  _globals['_ADMINSERVICE']._serialized_start=1758
+  _globals['_ADMINSERVICE']._serialized_end=2405
 # @@protoc_insertion_point(module_scope)

@@ -152,6 +152,7 @@ class CodeAnomaly(_message.Message):
     RESOLVED_TIME_FIELD_NUMBER: _builtins.int
     RESOLVED_BY_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
+    REPLACED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Position in the center's list."""
     resident_code: _builtins.str
@@ -172,6 +173,8 @@ class CodeAnomaly(_message.Message):
     """Who resolved it (operator URI)."""
     resolution: _builtins.str
     """What was done."""
+    replaced_by: _builtins.str
+    """retired_in_use: the code that replaced it (the resident's current code)."""
     @_builtins.property
     def detected_time(self) -> _timestamp_pb2.Timestamp:
         """When the center found it."""
@@ -194,10 +197,11 @@ class CodeAnomaly(_message.Message):
         resolved_time: _timestamp_pb2.Timestamp | None = ...,
         resolved_by: _builtins.str = ...,
         resolution: _builtins.str = ...,
+        replaced_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["detected_time", b"detected_time", "resolved_time", b"resolved_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "detected_time", b"detected_time", "id", b"id", "kind", b"kind", "municipality_code", b"municipality_code", "origin", b"origin", "resident_code", b"resident_code", "resolution", b"resolution", "resolved_by", b"resolved_by", "resolved_time", b"resolved_time", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "detected_time", b"detected_time", "id", b"id", "kind", b"kind", "municipality_code", b"municipality_code", "origin", b"origin", "replaced_by", b"replaced_by", "resident_code", b"resident_code", "resolution", b"resolution", "resolved_by", b"resolved_by", "resolved_time", b"resolved_time", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
