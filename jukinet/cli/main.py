@@ -22,7 +22,7 @@ from jukinet.pki.peer import certificate_role as peer_role
 
 app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 pki_app = typer.Typer(no_args_is_help=True, help="The network CA and node certificates.")
-node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
+node_app = typer.Typer(no_args_is_help=True, help="Run a node, see its state, cut it off.")
 log_app = typer.Typer(no_args_is_help=True, help="A node's access log.")
 register_app = typer.Typer(no_args_is_help=True, help="Feed a municipality node like the register system does.")
 app.add_typer(pki_app, name="pki")
@@ -227,9 +227,11 @@ def log_show(
 
 
 def _register_commands() -> None:
-    from jukinet.cli import agency, audit, codes, demo, disclose, register_import
+    from jukinet.cli import agency, audit, codes, demo, disclose, node_status, register_import
 
     register_app.command("import")(register_import.import_file)
+    node_app.command("status")(node_status.status)
+    node_app.command("digest")(node_status.digest)
     app.command("demo")(demo.demo)
     app.command("disclose")(disclose.disclose)
     app.add_typer(agency.agency_app, name="agency")

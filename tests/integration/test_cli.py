@@ -93,3 +93,28 @@ async def test_the_node_refuses_an_operator_of_another_node(municipality: Runnin
             await admin_pb2_grpc.AdminServiceStub(ch).ListAccessLog(admin_pb2.ListAccessLogRequest(), timeout=10)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not an operator of jukinet://municipality/132080" in (info.value.details() or "")
+
+
+async def test_node_status_and_digest_show_what_the_node_holds(municipality: RunningNode, pki_dir: Path) -> None:
+    viewer = ("--node", municipality.address, "--pki-dir", str(pki_dir))
+    viewer += ("--as", "jukinet://operator/municipality-132080/viewer")
+    code, out, err = await jukinet("node", "status", *viewer, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    counts = await municipality.ctx.store.read(queries.counts)
+    assert status["node"] == "jukinet://municipality/132080"
+    assert (status["events"], status["free_codes"], status["cut_off"]) == (counts.events, counts.free_codes, False)
+    code, out, err = await jukinet("node", "digest", "132080", *viewer, "--json")
+    assert code == 0, err
+    expected = await municipality.ctx.store.read(lambda c: queries.digest(c, "132080"))
+    assert json.loads(out) == {
+        "municipality_code": "132080",
+        "registrations": expected.count,
+        "active": expected.active,
+        "head_seq": expected.head_seq,
+        "sha256": expected.sha256.hex(),
+    }
+    code, _, err = await jukinet("node", "digest", "13208", *viewer)
+    assert code == 1
+    assert "INVALID_ARGUMENT" in err
+    assert "municipality_code" in err
