@@ -96,8 +96,8 @@ async def test_the_node_refuses_an_operator_of_another_node(municipality: Runnin
 
 
 async def test_node_status_and_digest_show_what_the_node_holds(municipality: RunningNode, pki_dir: Path) -> None:
-    viewer = ("--node", municipality.address, "--pki-dir", str(pki_dir))
-    viewer += ("--as", "jukinet://operator/municipality-132080/viewer")
+    as_viewer = ("--as", "jukinet://operator/municipality-132080/viewer")
+    viewer = ("--node", municipality.address, "--pki-dir", str(pki_dir), *as_viewer)
     code, out, err = await jukinet("node", "status", *viewer, "--json")
     assert code == 0, err
     status = json.loads(out)
