@@ -2,8 +2,8 @@
 
 The relay applies every change a municipality acknowledged (refusing one would block that municipality's
 queue), so a register can put a code into the network that should not be there: one the center never
-issued (a typing error in a 転入 that still passes the check digit), or one a code change retired that is
-registered as active elsewhere afterwards (a move-in with the resident's old code). The center is the only
+issued (a typing error in a 転入 that still passes the check digit), or one a code change retired that a
+municipality registers again afterwards (a move-in with the resident's old code). The center is the only
 tier that knows which codes it issued, so it checks every event it applied, in event-id order behind a
 cursor, and records each such code once per kind in `code_anomaly` for operators to reconcile. Both
 checks look at events only (never at registrations, whose state changes), so what is found does not depend
