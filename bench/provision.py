@@ -16,8 +16,9 @@ unary
 
 bare
     The same client code against a trivial grpc.aio handler in a separate process (the center's
-    certificate, client certificates required, SECURE_SERVER_OPTIONS), answering every call with one
-    fixed LookupResidentResponse of the same shape as the center's. Measured in the same run, right
+    certificate, client certificates required, SECURE_SERVER_OPTIONS, the nodes' event loop: uvloop where
+    installed, see jukinet/rpc/event_loop.py), answering every call with one fixed LookupResidentResponse of
+    the same shape as the center's. Measured in the same run, right
     before each center measurement at the same concurrency: the ceiling `unary_ratio` divides by.
     At concurrency 16 the pair (bare, then center) is measured --rounds times (3), interleaved, and
     `unary_ratio` is the median of the paired ratios (this VM's speed drifts by 10-15 % between
@@ -80,6 +81,7 @@ from jukinet.cli.netctl import CENTER, LocalNetwork, NodeProcess
 from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import today_jst
 from jukinet.pki import SECURE_SERVER_OPTIONS, ensure, paths_for, server_credentials, slug
+from jukinet.rpc import event_loop
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -737,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if args.bare_server:
-        asyncio.run(serve_bare(Path(args.bare_server)))
+        event_loop.run(serve_bare(Path(args.bare_server)))  # the nodes' loop: the same raw stack
         return 0
     return run_in_folder(args, "provision", lambda root: run(args, root), print_summary)
 

@@ -69,6 +69,7 @@ from jukinet.pki import (
     server_credentials,
     slug,
 )
+from jukinet.rpc import event_loop
 from jukinet.storage import make_engine
 from jukinet.storage.engine import SQLITE_PRAGMAS
 from jukinet.synthetic import ResidentFactory
@@ -715,6 +716,7 @@ def machine_info() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "protobuf": protobuf_version,
         "sqlite": sqlite3.sqlite_version,
+        "event_loop": event_loop.loop_name(),  # nodes and raw servers alike
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -854,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if args.ceiling_server:
-        asyncio.run(serve_ceiling(Path(args.ceiling_server[0]), Path(args.ceiling_server[1])))
+        event_loop.run(serve_ceiling(Path(args.ceiling_server[0]), Path(args.ceiling_server[1])))  # the nodes' loop
         return 0
     return run_in_folder(args, "relay", lambda root: run(args, root), print_summary)
 

@@ -28,6 +28,7 @@ from jukinet.pki import (
     server_credentials,
     server_name,
 )
+from jukinet.rpc import event_loop
 from jukinet.rpc.decode_guard import LenientServer
 from jukinet.rpc.guard import Guard
 from jukinet.rpc.switch import LinkSwitch, load_reason
@@ -73,7 +74,7 @@ def tune_gc() -> None:
 def run_node(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     configure_logging(node=config.identity.uri, level=config.log_level)
-    asyncio.run(_serve(config, build))
+    event_loop.run(_serve(config, build))
 
 
 class RunningNode:
