@@ -10,14 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jukinet.cli.agency import PkiDir, run_rpc
+from jukinet.cli.agency import AsJson, PkiDir, run_rpc
 from jukinet.cli.client import client_channel
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc
 
 TIMEOUT_S = 30.0
 NodeAddress = Annotated[str, typer.Option("--node", help="Node address host:port.")]
 Operator = Annotated[str, typer.Option("--as", help="Your operator identity, jukinet://operator/<node>/<id>.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def status_json(s: admin_pb2.GetStatusResponse) -> dict[str, Any]:

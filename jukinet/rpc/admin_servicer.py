@@ -90,9 +90,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListAccessLogResponse:
         async with self._guard.call(context, authz.LIST_ACCESS_LOG) as call:
             authz.check_operator_of(call.caller, self._node)
-            if request.page_size < 0:
-                raise InvalidField("page_size", "must not be negative")
-            limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+            limit = _page_limit(request.page_size)
             before = page_token("page_token", request.page_token)
             if request.resident_code and not (
                 len(request.resident_code) == 11 and request.resident_code.isascii() and request.resident_code.isdigit()
@@ -135,11 +133,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListCodeAnomaliesResponse:
         async with self._guard.call(context, authz.LIST_CODE_ANOMALIES) as call:
             self._check_reconciles(call.caller)
-            if request.page_size < 0:
-                raise InvalidField("page_size", "must not be negative")
+            limit = _page_limit(request.page_size)
             if request.kind and request.kind not in code_checks.KINDS:
                 raise InvalidField("kind", f"{request.kind[:40]!r} is not a kind; use {' or '.join(code_checks.KINDS)}")
-            limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
             before = page_token("page_token", request.page_token)
 
             def read(c: Connection) -> tuple[list[code_checks.CodeAnomaly], int]:
@@ -151,8 +147,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             page, unchecked = await self._store.read(read)
             more = len(page) > limit
             page = page[:limit]
-            shown = [code for a in page for code in (a.resident_code, a.replaced_by) if code]
-            await self._guard.log_served(call, subjects=shown)
+            await self._guard.log_served(call, subjects=[code for a in page for code in a.codes])
             return admin_pb2.ListCodeAnomaliesResponse(
                 anomalies=[_anomaly_pb(a) for a in page],
                 next_page_token=str(page[-1].id) if more and page else "",
@@ -180,7 +175,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     peer=call.info.peer,
                     method=call.info.method,
                     outcome="OK",
-                    subjects=tuple(c for c in (anomaly.resident_code, anomaly.replaced_by) if c),
+                    subjects=anomaly.codes,
                 )
                 SqlTx(conn).append_access([entry])
                 return anomaly
@@ -233,6 +228,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if self._metrics is not None:
             self._metrics.cut_off.set(1 if reason is not None else 0)
         log.warning("node_cut_off" if reason is not None else "node_resumed", reason=reason, by=info.peer)
+
+
+def _page_limit(page_size: int) -> int:
+    """A page size as asked (0: the default), at most MAX_PAGE."""
+    if page_size < 0:
+        raise InvalidField("page_size", "must not be negative")
+    return min(page_size or DEFAULT_PAGE, MAX_PAGE)
 
 
 def _anomaly_pb(a: code_checks.CodeAnomaly) -> admin_pb2.CodeAnomaly:

@@ -2,11 +2,12 @@
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from jukinet.domain.model import ChangeEvent, Registration
 from jukinet.domain.normalize import search_key
 from jukinet.storage import rows
+from jukinet.storage.cursors import newest_id
 from jukinet.storage.schema import event, feed_item, feed_subscription, registration
 from jukinet.storage.sql_tx import SqlTx, _insert_sql
 
@@ -53,7 +54,7 @@ class CenterTx(SqlTx):
         start = self.feed_subscription_start(agency, purpose)
         if start is not None:
             return start
-        head = int(self.conn.execute(select(func.coalesce(func.max(event.c.id), 0))).scalar() or 0)
+        head = newest_id(self.conn, event)
         self.conn.execute(
             insert(feed_subscription),
             [{"agency": agency, "purpose": purpose, "start_event_id": head, "created_us": now_us}],

@@ -23,7 +23,9 @@ from jukinet.domain.errors import AlreadyResolved, NotFoundError
 from jukinet.domain.model import CREATE_REASONS, ChangeReason
 from jukinet.domain.validate import JST
 from jukinet.storage import rows
+from jukinet.storage.cursors import move_cursor, newest_id, read_cursor
 from jukinet.storage.schema import code_anomaly, code_check_cursor, event, issued_code
+from jukinet.storage.sql_tx import in_chunks
 
 # Events that register their resident code at the origin: a create, or a code change (to that code).
 _REGISTERING = sorted(int(r) for r in (*CREATE_REASONS, ChangeReason.CODE_CHANGE))
@@ -52,15 +54,19 @@ class CodeAnomaly:
     resolution: str = ""
     replaced_by: str = ""  # retired_in_use: the code that replaced it (the resident's current one)
 
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The resident codes it shows (what an access entry about it names)."""
+        return (self.resident_code, self.replaced_by) if self.replaced_by else (self.resident_code,)
+
 
 def checked_through(conn: Connection) -> int:
     """event.id of the last event checked (0 before the first check)."""
-    value = conn.execute(select(code_check_cursor.c.checked_through).where(code_check_cursor.c.id == 1))
-    return int(value.scalar() or 0)
+    return read_cursor(conn, code_check_cursor, "checked_through")
 
 
 def newest_event(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(event.c.id), 0))).scalar() or 0)
+    return newest_id(conn, event)
 
 
 def settled_newest_event(conn: Connection) -> int:
@@ -180,10 +186,8 @@ def record_anomalies(conn: Connection, anomalies: Sequence[CodeAnomaly], through
     many were new. Runs as a writer job: only this task writes these two tables."""
     new = 0
     if anomalies:
-        codes = sorted({a.resident_code for a in anomalies})
         known: set[tuple[str, str]] = set()
-        for start in range(0, len(codes), 500):
-            chunk = codes[start : start + 500]
+        for chunk in in_chunks(sorted({a.resident_code for a in anomalies})):
             known.update(
                 (str(c), str(k))
                 for c, k in conn.execute(
@@ -213,17 +217,8 @@ def record_anomalies(conn: Connection, anomalies: Sequence[CodeAnomaly], through
             )
         new = len(fresh)
     if through_id > checked_through(conn):
-        moved = conn.execute(
-            code_check_cursor.update().where(code_check_cursor.c.id == 1).values(checked_through=through_id)
-        ).rowcount
-        if not moved:
-            conn.execute(code_check_cursor.insert().values(id=1, checked_through=through_id))
+        move_cursor(conn, code_check_cursor, "checked_through", through_id)
     return new
-
-
-def mark_checked(conn: Connection, through_id: int) -> None:
-    """Moves the cursor without checking (a bench preload whose codes are consistent by construction)."""
-    record_anomalies(conn, [], through_id, dt.datetime.now(dt.UTC))
 
 
 def anomaly_counts(conn: Connection) -> dict[str, int]:

@@ -9,6 +9,7 @@ past it, so an entry is found by disclosure from the moment it is committed, ind
 
 from sqlalchemy import Connection, func, select
 
+from jukinet.storage.cursors import move_cursor, newest_id, read_cursor
 from jukinet.storage.schema import provision_key, provision_key_cursor, provision_log
 
 # Databases created before this module carry the old per-entry index: it only costs, drop it.
@@ -18,12 +19,11 @@ DEFAULT_BATCH = 100_000
 
 def indexed_through(conn: Connection) -> int:
     """provision_log.id of the last entry in provision_key (0 before the first batch)."""
-    value = conn.execute(select(provision_key_cursor.c.indexed_through).where(provision_key_cursor.c.id == 1))
-    return int(value.scalar() or 0)
+    return read_cursor(conn, provision_key_cursor, "indexed_through")
 
 
 def newest_provision(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(provision_log.c.id), 0))).scalar() or 0)
+    return newest_id(conn, provision_log)
 
 
 def unindexed(conn: Connection) -> int:
@@ -56,9 +56,5 @@ def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH, *, upto: int 
     if copied < 0:  # a driver that does not report it for INSERT … SELECT
         in_range = (provision_log.c.id > start, provision_log.c.id <= through)
         copied = conn.execute(select(func.count()).select_from(provision_log).where(*in_range)).scalar_one()
-    moved = conn.execute(
-        provision_key_cursor.update().where(provision_key_cursor.c.id == 1).values(indexed_through=through)
-    ).rowcount
-    if not moved:
-        conn.execute(provision_key_cursor.insert().values(id=1, indexed_through=through))
+    move_cursor(conn, provision_key_cursor, "indexed_through", through)
     return int(copied), through == newest

@@ -3,11 +3,12 @@
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, func, select, union_all
+from sqlalchemy import Connection, select, union_all
 
 from jukinet.domain.errors import InconsistentRecords
 from jukinet.services.ports import ProvisionEntry
 from jukinet.storage import rows
+from jukinet.storage.cursors import cursor_query
 from jukinet.storage.schema import provision_key, provision_key_cursor, provision_log
 from jukinet.storage.sql_tx import SqlTx
 
@@ -36,9 +37,7 @@ def provision_page(
         )
     # Indexed entries through the cursor, and the unindexed tail past it, scanned (jukinet.storage.
     # provision_index). One statement, so one snapshot: the parts are disjoint even while a batch is indexed.
-    cursor = func.coalesce(
-        select(provision_key_cursor.c.indexed_through).where(provision_key_cursor.c.id == 1).scalar_subquery(), 0
-    )
+    cursor = cursor_query(provision_key_cursor, "indexed_through")
     keyed = select(provision_key.c.provision_id).where(
         provision_key.c.resident_code.in_(list(codes)), provision_key.c.provision_id > after_id
     )

@@ -88,7 +88,7 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
+def in_chunks(values: Iterable[str]) -> Iterable[list[str]]:
     iterator = iter(values)
     while chunk := list(islice(iterator, _IN_CHUNK)):
         yield chunk
@@ -208,7 +208,7 @@ class SqlTx:
 
     def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
         found = []
-        for chunk in _chunks(codes):
+        for chunk in in_chunks(codes):
             found += [
                 rows.event_from(row) for row in self.conn.execute(select(event).where(event.c.resident_code.in_(chunk)))
             ]
@@ -220,7 +220,7 @@ class SqlTx:
 
     def registrations_at(self, codes: Iterable[str], municipality: str) -> dict[str, Registration]:
         found: dict[str, Registration] = {}
-        for chunk in _chunks(codes):
+        for chunk in in_chunks(codes):
             sql = _SELECT_REGISTRATIONS + _marks(len(chunk)) + ") AND municipality = ?"
             for values in self._fetchall(sql, (*chunk, municipality)):
                 found[values[0]] = rows.registration_from_tuple(values)
@@ -229,7 +229,7 @@ class SqlTx:
     def registrations_of(self, codes: Iterable[str]) -> dict[str, list[Registration]]:
         """Every municipality's registration of each code (the agency hot path: driver-level query)."""
         found: dict[str, list[Registration]] = {}
-        for chunk in _chunks(codes):
+        for chunk in in_chunks(codes):
             sql = _SELECT_REGISTRATIONS + _marks(len(chunk)) + ")"
             for values in self._fetchall(sql, tuple(chunk)):
                 reg = rows.registration_from_tuple(values)
@@ -247,7 +247,7 @@ class SqlTx:
 
     def events_by_request_id(self, request_ids: Iterable[str]) -> dict[str, ChangeEvent]:
         found: dict[str, ChangeEvent] = {}
-        for chunk in _chunks(request_ids):
+        for chunk in in_chunks(request_ids):
             for values in self._fetchall(_SELECT_EVENTS_BY_REQUEST + _marks(len(chunk)) + ")", tuple(chunk)):
                 found[values[-1]] = rows.event_from_tuple(values)
         return found
@@ -255,7 +255,7 @@ class SqlTx:
     def issued_among(self, codes: Sequence[str]) -> set[str]:
         """Which of `codes` the center has ever issued."""
         found: set[str] = set()
-        for chunk in _chunks(codes):
+        for chunk in in_chunks(codes):
             found.update(row[0] for row in self._fetchall(_SELECT_ISSUED + _marks(len(chunk)) + ")", tuple(chunk)))
         return found
 
