@@ -3,6 +3,7 @@
 import datetime as dt
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import NamedTuple
 
 
 class Sex(IntEnum):
@@ -98,6 +99,33 @@ class ChangeEvent:
     recorded_at: dt.datetime
     items: IdentityItems
     previous_code: str = ""
+
+
+class EventRow(NamedTuple):
+    """A validated change event as flat stored values: dates as YYYY-MM-DD, reason and sex as their
+    numbers, the recording instant in microseconds since the epoch (storage.rows.EVENT_COLUMNS order).
+
+    The relay's receiving hot path (prefecture, center) validates straight into this form and stores
+    and forwards it without building domain objects; storage.rows.event_from_tuple makes a ChangeEvent."""
+
+    origin: str
+    seq: int
+    resident_code: str
+    previous_code: str
+    reason: int
+    effective_date: str
+    recorded_us: int
+    name: str
+    alias: str
+    birth_date: str
+    sex: int
+    address: str
+
+
+# A registration as flat stored values, in storage.rows.REGISTRATION_COLUMNS order: resident_code,
+# municipality, active, reason, effective_date, recorded_us, seq, replaced_by, name, alias, birth_date,
+# sex, address (see EventRow for the value forms).
+RegistrationRow = tuple[str, str, bool, int, str, int, int, str, str, str, str, int, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from jukinet.domain.model import ChangeEvent, ChangeReason, Effect, Registration, effect_of
+from jukinet.domain.model import (
+    DELETE_REASONS,
+    ChangeEvent,
+    ChangeReason,
+    Effect,
+    EventRow,
+    Registration,
+    RegistrationRow,
+    effect_of,
+)
 
 
 def registrations_from(event: ChangeEvent) -> list[Registration]:
@@ -41,6 +50,31 @@ def registrations_from(event: ChangeEvent) -> list[Registration]:
         replaced_by=event.resident_code,
     )
     return [retired, current]
+
+
+_DELETING = frozenset(int(reason) for reason in DELETE_REASONS)
+_CODE_CHANGE = int(ChangeReason.CODE_CHANGE)
+
+
+def registration_rows_from(row: EventRow) -> list[RegistrationRow]:
+    """registrations_from for the flat form (the relay's receiving hot path); the unit tests hold the
+    two to the same result for every reason."""
+    origin, seq, code, previous, reason, effective, recorded_us, name, alias, birth, sex, address = row
+    active = reason not in _DELETING
+    current = (code, origin, active, reason, effective, recorded_us, seq, "", name, alias, birth, sex, address)
+    if reason != _CODE_CHANGE:
+        return [current]
+    retired = (previous, origin, False, reason, effective, recorded_us, seq, code, name, alias, birth, sex, address)
+    return [retired, current]
+
+
+def latest_registration_rows(rows: Iterable[EventRow]) -> list[RegistrationRow]:
+    """The registration rows a run of events leaves behind (last write per key wins, in seq order)."""
+    latest: dict[tuple[str, str], RegistrationRow] = {}
+    for row in rows:
+        for reg in registration_rows_from(row):
+            latest[(reg[0], reg[1])] = reg
+    return list(latest.values())
 
 
 class Status(Enum):

@@ -15,9 +15,9 @@ from jukinet.domain.errors import InvalidField
 from jukinet.domain.model import (
     ASSIGNING_REASONS,
     CREATE_REASONS,
-    ChangeEvent,
     ChangeReason,
     Effect,
+    EventRow,
     IdentityItems,
     RegisterChange,
     Sex,
@@ -208,7 +208,12 @@ def register_change(
     return RegisterChange(request_id=rid, reason=why, effective_date=when, resident_code=code, items=items)
 
 
-def change_event(
+_REASON_NUMBERS = frozenset(int(member) for member in ChangeReason)
+_SEX_NUMBERS = frozenset(int(member) for member in Sex)
+_CODE_CHANGE = int(ChangeReason.CODE_CHANGE)
+
+
+def relayed_event(
     *,
     origin: str,
     seq: int,
@@ -216,29 +221,53 @@ def change_event(
     previous_code: str,
     reason_value: int,
     effective_date: str,
-    recorded_at: dt.datetime,
-    items: IdentityItems,
+    recorded_us: int,
+    name: str,
+    alias: str,
+    birth_date: str,
+    sex_value: int,
+    address: str,
     latest_effective: dt.date,
-) -> ChangeEvent:
-    """A relayed event, checked again at the receiving edge. `origin` must already be validated
-    (jukinet.domain.validate.local_gov_code), once per batch; the caller names the event in a refusal."""
+) -> EventRow:
+    """A relayed event, checked again at the receiving edge, in flat form (the same rules as a register
+    change's fields: identity_items, resident_code, reason, iso_date). `origin` must already be validated
+    (local_gov_code), once per batch, and `recorded_us` range-checked by the caller; dates after
+    `latest_effective` are refused (the sender's clock may run ahead of ours). The caller names the event
+    in a refusal; item fields are refused as "items.<field>"."""
     if seq < 1:
         raise InvalidField("seq", "must be 1 or more")
-    why = reason("reason", reason_value)
-    previous = ""
-    if why is ChangeReason.CODE_CHANGE:
-        previous = resident_code("previous_code", previous_code)
+    if reason_value not in _REASON_NUMBERS:
+        reason("reason", reason_value)  # raises with the reason's own message
+    if reason_value == _CODE_CHANGE:
+        resident_code("previous_code", previous_code)
     elif previous_code:
         raise InvalidField("previous_code", "is only allowed on a code change")
-    return ChangeEvent(
-        origin=origin,
-        seq=seq,
-        resident_code=resident_code("resident_code", resident_code_value),
-        previous_code=previous,
-        reason=why,
-        effective_date=iso_date("effective_date", effective_date, today=latest_effective),
-        recorded_at=recorded_at,
-        items=items,
+    resident_code("resident_code", resident_code_value)
+    iso_date("effective_date", effective_date, today=latest_effective)
+    try:
+        name = searchable("name", text("name", name, max_chars=MAX_NAME_CHARS), max_chars=MAX_NAME_CHARS)
+        alias = text("alias", alias, max_chars=MAX_NAME_CHARS, required=False)
+        iso_date("birth_date", birth_date, today=latest_effective)
+        if sex_value not in _SEX_NUMBERS:
+            sex("sex", sex_value)  # raises with the field's own message
+        address = searchable(
+            "address", text("address", address, max_chars=MAX_ADDRESS_CHARS), max_chars=MAX_ADDRESS_CHARS
+        )
+    except InvalidField as error:  # the prefixed name is built only for a refusal
+        raise InvalidField("items." + error.field, error.problem) from None
+    return EventRow(
+        origin,
+        seq,
+        resident_code_value,
+        previous_code,
+        reason_value,
+        effective_date,
+        recorded_us,
+        name,
+        alias,
+        birth_date,
+        sex_value,
+        address,
     )
 
 

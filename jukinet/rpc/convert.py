@@ -2,13 +2,14 @@
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jukinet.domain import validate
 from jukinet.domain.errors import InvalidField, JukinetError
-from jukinet.domain.model import ChangeEvent, IdentityItems, RegisterChange
+from jukinet.domain.model import ChangeEvent, EventRow, IdentityItems, RegisterChange
 from jukinet.services.intake import Accepted, Outcome, Refused
 from jukinet.wire.v1 import register_pb2, types_pb2
 
@@ -117,9 +118,10 @@ _EARLIEST_RECORDING_S = -2_208_988_800  # 1900-01-01T00:00:00Z in seconds since 
 _AHEAD_S = 86_400  # the sender's clock may run a day ahead
 
 
-def _recorded_at(pb: types_pb2.ChangeEvent) -> dt.datetime:
-    """The recording instant (microseconds kept, as Timestamp.ToDatetime does), from 1900 to tomorrow.
-    Checked on the integer fields: this runs for every relayed event."""
+def _recorded_us(pb: types_pb2.ChangeEvent) -> int:
+    """The recording instant in microseconds since the epoch (sub-microsecond nanos dropped, as
+    Timestamp.ToDatetime does), from 1900 to tomorrow. Checked on the integer fields: this runs for every
+    relayed event."""
     stamp = pb.recorded_time
     seconds, nanos = stamp.seconds, stamp.nanos
     if not 0 <= nanos < 1_000_000_000:
@@ -130,31 +132,59 @@ def _recorded_at(pb: types_pb2.ChangeEvent) -> dt.datetime:
         except OverflowError:
             shown = f"{seconds} seconds from 1970"
         raise InvalidField("recorded_time", f"{shown} is out of range (1900 to tomorrow)")
-    return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return seconds * 1_000_000 + nanos // 1000
 
 
-def event_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, today: dt.date | None = None) -> ChangeEvent:
+def event_row_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, latest_effective: dt.date) -> EventRow:
     """A relayed event, validated again at the receiving edge; a refusal names the event and the field
-    ("event 132080#5: items.name"). `origin` must already be validated, once per batch."""
+    ("event 132080#5: items.name"). `origin` must already be validated, once per batch; `latest_effective`
+    is today (JST) plus a day, as the sender's clock may run ahead."""
     try:
         if not pb.HasField("items"):
             raise InvalidField("items", "are required")
         if not pb.HasField("recorded_time"):
             raise InvalidField("recorded_time", "is required")
-        tolerant = (today or validate.today_jst()) + _ONE_DAY  # the sender's clock may run ahead
-        return validate.change_event(
+        items = pb.items
+        return validate.relayed_event(
             origin=origin,
             seq=pb.seq,
             resident_code_value=pb.resident_code,
             previous_code=pb.previous_code,
-            reason_value=int(pb.reason),
+            reason_value=pb.reason,
             effective_date=pb.effective_date,
-            recorded_at=_recorded_at(pb),
-            items=items_from_pb(pb.items, "items.", today=tolerant),
-            latest_effective=tolerant,
+            recorded_us=_recorded_us(pb),
+            name=items.name,
+            alias=items.alias,
+            birth_date=items.birth_date,
+            sex_value=items.sex,
+            address=items.address,
+            latest_effective=latest_effective,
         )
     except InvalidField as error:  # field names are built only for a refusal (the hot path builds none)
         raise InvalidField(f"event {origin}#{pb.seq}: {error.field}", error.problem) from None
+
+
+def relayed_events_from_pb(
+    origin: str, pbs: Sequence[types_pb2.ChangeEvent], *, today: dt.date | None = None
+) -> tuple[list[EventRow], list[types_pb2.ChangeEvent]]:
+    """A relayed batch, validated: its rows, and each event as the next hop must receive it. That is the
+    received message itself where validation kept every value as sent (the common case: no rebuilding on
+    the prefecture's hot path), and a message rebuilt from the row where it did not (NFC normalization,
+    nanoseconds below a microsecond). The caller discards unknown fields from the request first, so
+    nothing unvalidated is passed on."""
+    latest_effective = (today or validate.today_jst()) + _ONE_DAY
+    rows = [event_row_from_pb(origin, pb, latest_effective=latest_effective) for pb in pbs]
+    forward: list[types_pb2.ChangeEvent] = list(pbs)
+    for index, (row, pb) in enumerate(zip(rows, pbs, strict=True)):
+        items = pb.items
+        if (
+            row.name != items.name
+            or row.alias != items.alias
+            or row.address != items.address
+            or pb.recorded_time.nanos % 1000
+        ):
+            forward[index] = event_row_to_pb(row)
+    return rows, forward
 
 
 _CODE_NUMBERS = {

@@ -11,11 +11,11 @@ from sqlalchemy import Connection
 
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.identity import NodeId
-from jukinet.domain.model import ChangeEvent
+from jukinet.domain.model import EventRow
 from jukinet.domain.validate import local_gov_code, today_jst
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
-from jukinet.rpc.convert import event_from_pb, event_to_pb
+from jukinet.rpc.convert import relayed_events_from_pb
 from jukinet.rpc.guard import Guard
 from jukinet.services.ports import RelayTx
 from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
@@ -57,15 +57,16 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 authz.check_origin(call.caller, origin, self._node)
                 if len(request.events) > MAX_BATCH:
                     raise InvalidField("events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}")
-                today = today_jst()
-                events = [event_from_pb(origin, pb, today=today) for pb in request.events]
+                # Fields this node does not know never travel on with the events it forwards.
+                request.DiscardUnknownFields()
+                events, forward = relayed_events_from_pb(origin, request.events, today=today_jst())
                 self._metrics.changes_received.inc(len(events))
                 now = dt.datetime.now(dt.UTC)
                 lock = self._origin_locks.setdefault(origin, asyncio.Lock())
                 async with lock:
                     outcome = await self._store.write(
                         partial(self._apply, origin, events, call.info, now),
-                        after_commit=partial(self._committed, origin, events),
+                        after_commit=partial(self._committed, origin, forward),
                     )
                 yield relay_pb2.PushEventsResponse(origin=origin, acked_seq=outcome.acked_seq)
 
@@ -74,18 +75,17 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         return self._new_events
 
     def _apply(
-        self, origin: str, events: list[ChangeEvent], call: CallInfo, now: dt.datetime, conn: Connection
+        self, origin: str, events: list[EventRow], call: CallInfo, now: dt.datetime, conn: Connection
     ) -> BatchOutcome:
         return apply_batch(self._tx(conn), origin, events, call, now)
 
-    def _committed(self, origin: str, events: list[ChangeEvent], outcome: BatchOutcome) -> None:
+    def _committed(self, origin: str, forward: list[types_pb2.ChangeEvent], outcome: BatchOutcome) -> None:
         """Runs after the commit even if the sender went away meanwhile, so the next hop always hears of it."""
         self._metrics.changes_applied.inc(outcome.applied)
         self._metrics.changes_duplicate.inc(outcome.duplicates)
         if outcome.applied:
             if self._on_applied is not None:  # a next hop exists (prefecture): hand it the validated events
-                fresh = [event_to_pb(e) for e in events[len(events) - outcome.applied :]]
-                self._on_applied(origin, outcome.acked_seq, fresh)
+                self._on_applied(origin, outcome.acked_seq, forward[len(forward) - outcome.applied :])
             self._new_events.set()
             self._new_events = asyncio.Event()
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from jukinet.domain.model import ChangeEvent, Registration
+from jukinet.domain.model import ChangeEvent, EventRow, Registration, RegistrationRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +43,23 @@ class RelayTx(Protocol):
         """Highest seq stored for origin, 0 if none."""
         ...
 
-    def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None: ...
+    def insert_event_rows(self, events: Sequence[EventRow]) -> None: ...
 
-    def events_at(self, origin: str, seqs: Sequence[int]) -> dict[int, ChangeEvent]:
+    def event_rows_at(self, origin: str, seqs: Sequence[int]) -> dict[int, EventRow]:
         """The stored events of `origin` with these sequence numbers, by seq."""
         ...
 
-    def upsert_registrations(self, registrations: Iterable[Registration]) -> None: ...
+    def upsert_registration_rows(self, registrations: Sequence[RegistrationRow]) -> None: ...
 
     def append_access(self, entries: Sequence[AccessEntry]) -> None: ...
 
 
 class IntakeTx(RelayTx, Protocol):
     """A municipality node's transaction: its own registrations, request ids and code pool."""
+
+    def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None: ...
+
+    def upsert_registrations(self, registrations: Iterable[Registration]) -> None: ...
 
     def registrations_at(self, codes: Iterable[str], municipality: str) -> dict[str, Registration]: ...
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from jukinet.domain.errors import InvalidField, ReplayMismatch, SequenceGap
-from jukinet.domain.model import ChangeEvent, Registration
-from jukinet.domain.registry_state import registrations_from
+from jukinet.domain.model import ChangeEvent, EventRow, Registration
+from jukinet.domain.registry_state import latest_registration_rows, registrations_from
 from jukinet.services.ports import AccessEntry, RelayTx
 
 PUSH_METHOD = "/jukinet.wire.v1.RelayService/PushEvents"
@@ -30,7 +30,7 @@ class BatchOutcome:
 
 
 def latest_registrations(events: Sequence[ChangeEvent]) -> list[Registration]:
-    """The registration rows a run of events leaves behind (last write per key wins, in seq order)."""
+    """The registrations a run of events leaves behind (last write per key wins, in seq order)."""
     latest: dict[tuple[str, str], Registration] = {}
     for event in events:
         for reg in registrations_from(event):
@@ -38,9 +38,7 @@ def latest_registrations(events: Sequence[ChangeEvent]) -> list[Registration]:
     return list(latest.values())
 
 
-def apply_batch(
-    tx: RelayTx, origin: str, events: Sequence[ChangeEvent], call: CallInfo, now: dt.datetime
-) -> BatchOutcome:
+def apply_batch(tx: RelayTx, origin: str, events: Sequence[EventRow], call: CallInfo, now: dt.datetime) -> BatchOutcome:
     """Applies the events past the receiver's cursor; replays are acknowledged without effect.
 
     Raises SequenceGap if the first new event does not continue the cursor, InvalidField if the batch
@@ -59,7 +57,7 @@ def apply_batch(
         raise SequenceGap(origin, cursor + 1, fresh[0].seq)
     replayed = [e for e in events if e.seq <= cursor]
     if replayed:  # acknowledged without effect only if it is the very event applied before
-        stored = tx.events_at(origin, [e.seq for e in replayed])
+        stored = tx.event_rows_at(origin, [e.seq for e in replayed])
         for event in replayed:
             if stored.get(event.seq) != event:
                 raise ReplayMismatch(
@@ -68,8 +66,8 @@ def apply_batch(
                     "batch was applied)"
                 )
     if fresh:
-        tx.insert_events(fresh)
-        tx.upsert_registrations(latest_registrations(fresh))
+        tx.insert_event_rows(fresh)
+        tx.upsert_registration_rows(latest_registration_rows(fresh))
     tx.append_access(
         [
             AccessEntry(

@@ -1,10 +1,11 @@
 """The center's SQL transaction: the relay ports plus search keys, provision reads and the change feed."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Final
 
 from sqlalchemy import insert, select
 
-from jukinet.domain.model import ChangeEvent, Registration
+from jukinet.domain.model import ChangeEvent, RegistrationRow
 from jukinet.domain.normalize import search_key
 from jukinet.storage import rows
 from jukinet.storage.cursors import newest_id
@@ -16,18 +17,17 @@ _UPSERT_KEYED_REGISTRATION = _insert_sql("registration", _KEYED_COLUMNS) + (
     " ON CONFLICT (resident_code, municipality) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _KEYED_COLUMNS[2:])
 )
+_NAME: Final = 8  # positions in REGISTRATION_COLUMNS (tests/unit/test_event_rows.py checks them)
+_ADDRESS: Final = 12
 _INSERT_FEED_ITEM = _insert_sql("feed_item", ("agency", "purpose", "seq", "event_id"))
 
 
 class CenterTx(SqlTx):
-    def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
+    def upsert_registration_rows(self, registrations: Sequence[RegistrationRow]) -> None:
         """The center also stores each registration's search keys (indexed by name key, center only)."""
         self._executemany(
             _UPSERT_KEYED_REGISTRATION,
-            [
-                (*rows.registration_tuple(r), search_key(r.items.name), search_key(r.items.address))
-                for r in registrations
-            ],
+            [(*r, search_key(r[_NAME]), search_key(r[_ADDRESS])) for r in registrations],
         )
 
     def codes_matching(

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Row, func, select
 
 from jukinet.audit import GENESIS, EntryValues
 from jukinet.audit import append as chain_append
-from jukinet.domain.model import ChangeEvent, Registration
+from jukinet.domain.model import ChangeEvent, EventRow, Registration, RegistrationRow
 from jukinet.services.ports import AccessEntry, ProvisionEntry
 from jukinet.storage import rows
 from jukinet.storage.schema import event
@@ -52,6 +52,7 @@ def _insert_sql(table: str, columns: Sequence[str]) -> str:
 
 
 _INSERT_EVENT = _Append("event", rows.EVENT_COLUMNS)
+_INSERT_EVENT_ROW = _Append("event", rows.EVENT_COLUMNS[:-1])  # a relayed event: no register request id
 _INSERT_ACCESS = _Append(
     "access_log",
     ("at_us", "request_id", "direction", "peer", "method", "purpose", "subjects", "outcome", "prev_hash", "entry_hash"),
@@ -62,7 +63,7 @@ _ACCESS_HEAD = "SELECT entry_hash FROM access_log ORDER BY id DESC LIMIT 1"
 _LOCK_ACCESS_CHAIN = "SELECT pg_advisory_xact_lock(5801001)"  # a constant key: the access-log chain
 _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM registration WHERE resident_code IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
-_SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE origin = ? AND seq IN ("  # noqa: S608 - constant names
+_SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS[:-1])} FROM event WHERE origin = ? AND seq IN ("  # noqa: S608 - constant names
 _SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
 _PEEK_FREE_CODES = "SELECT resident_code FROM free_code ORDER BY id LIMIT ?"
 # The pool's first codes up to and including one of them: a range of the primary key, no per-code lookup.
@@ -109,7 +110,7 @@ class SqlTx:
     # processing costs about twice the insert itself here (see STACK-LIMITS.md and bench/relay.py).
     # Inside a transaction they go straight to a DB-API cursor: exec_driver_sql costs about ten times a
     # one-row statement's own work (its result and event machinery), which agency lookups pay per call.
-    def _executemany(self, sql: str, values: list[tuple[object, ...]]) -> None:
+    def _executemany(self, sql: str, values: Sequence[tuple[object, ...]]) -> None:
         if not values:
             return
         if not self.conn.in_transaction():
@@ -154,8 +155,14 @@ class SqlTx:
         ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(events)
         self._append(_INSERT_EVENT, [rows.event_tuple(e, r) for e, r in zip(events, ids, strict=True)])
 
+    def insert_event_rows(self, events: Sequence[EventRow]) -> None:
+        self._append(_INSERT_EVENT_ROW, events)
+
     def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
-        self._executemany(_UPSERT_REGISTRATION, [rows.registration_tuple(r) for r in registrations])
+        self.upsert_registration_rows([rows.registration_tuple(r) for r in registrations])
+
+    def upsert_registration_rows(self, registrations: Sequence[RegistrationRow]) -> None:
+        self._executemany(_UPSERT_REGISTRATION, registrations)
 
     def _access_head(self) -> bytes:
         if self._placeholder != "?":
@@ -236,13 +243,13 @@ class SqlTx:
                 found.setdefault(reg.resident_code, []).append(reg)
         return found
 
-    def events_at(self, origin: str, seqs: Sequence[int]) -> dict[int, ChangeEvent]:
-        found: dict[int, ChangeEvent] = {}
+    def event_rows_at(self, origin: str, seqs: Sequence[int]) -> dict[int, EventRow]:
+        found: dict[int, EventRow] = {}
         for start in range(0, len(seqs), _IN_CHUNK):
             chunk = tuple(seqs[start : start + _IN_CHUNK])
             sql = _SELECT_EVENTS_AT + _marks(len(chunk)) + ")"
             for values in self._fetchall(sql, (origin, *chunk)):
-                found[values[1]] = rows.event_from_tuple(values)
+                found[values[1]] = EventRow(*values)
         return found
 
     def events_by_request_id(self, request_ids: Iterable[str]) -> dict[str, ChangeEvent]:

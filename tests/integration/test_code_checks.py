@@ -30,6 +30,7 @@ from jukinet.storage.code_checks import (
     resolve_anomaly,
     unchecked,
 )
+from jukinet.storage.rows import event_row
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
 from tests.helpers.nodes import channel, event, eventually, jukinet, start
 
@@ -66,7 +67,7 @@ def _event(
 
 def _apply(engine: Engine, origin: str, events: list[ChangeEvent]) -> None:
     with engine.begin() as conn:
-        apply_batch(CenterTx(conn), origin, events, CALL, T0)
+        apply_batch(CenterTx(conn), origin, [event_row(e) for e in events], CALL, T0)
 
 
 def _center(db_factory: Callable[[str], str], name: str = "center") -> Engine:
