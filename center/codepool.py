@@ -4,7 +4,6 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
-from itertools import islice
 from typing import Any
 
 import grpc
@@ -49,13 +48,7 @@ def random_codes(count: int) -> list[str]:
 def _already_issued(conn: Connection, candidates: Sequence[str]) -> set[str]:
     """Candidates the network already knows: issued in a pool, or registered anywhere (a municipality can
     record a code it did not draw from its pool, e.g. one a resident brings along; it must never be drawn)."""
-    found: set[str] = set()
-    iterator = iter(candidates)
-    while chunk := list(islice(iterator, 5000)):
-        tx = SqlTx(conn)
-        found.update(tx.issued_among(chunk))
-        found.update(tx.registrations_of(chunk))
-    return found
+    return SqlTx(conn).known_among(candidates)
 
 
 def allocate(

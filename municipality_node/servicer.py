@@ -11,7 +11,7 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.model import RegisterChange
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
-from jukinet.rpc.convert import event_to_pb, outcome_to_pb, register_change_from_pb, register_change_or_refusal
+from jukinet.rpc.convert import event_row_to_pb, outcome_to_pb, register_change_from_pb, register_change_or_refusal
 from jukinet.rpc.guard import AlreadyLogged, Guard
 from jukinet.services.intake import Accepted, IntakeResult, Outcome, Refused, record_changes
 from jukinet.services.relay import CallInfo
@@ -58,7 +58,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
                 self._metrics.changes_refused.labels(outcome.error.reason).inc()
                 exhausted = exhausted or isinstance(outcome.error, CodePoolExhausted)
         if result.events:
-            self._on_recorded(result.events[-1].seq, [event_to_pb(e) for e in result.events])
+            self._on_recorded(result.events[-1].seq, [event_row_to_pb(e) for e in result.events])
         if exhausted:
             self._on_pool_exhausted()
 

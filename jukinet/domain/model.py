@@ -122,6 +122,20 @@ class EventRow(NamedTuple):
     address: str
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def event_row(event: ChangeEvent) -> EventRow:
+    """The flat form of an event (storage.rows.event_from_tuple goes the other way)."""
+    items = event.items
+    return EventRow(
+        event.origin, event.seq, event.resident_code, event.previous_code, int(event.reason),
+        event.effective_date.isoformat(), (event.recorded_at - _EPOCH) // _MICROSECOND, items.name, items.alias,
+        items.birth_date.isoformat(), int(items.sex), items.address,
+    )  # fmt: skip
+
+
 # A registration as flat stored values, in storage.rows.REGISTRATION_COLUMNS order: resident_code,
 # municipality, active, reason, effective_date, recorded_us, seq, replaced_by, name, alias, birth_date,
 # sex, address (see EventRow for the value forms).

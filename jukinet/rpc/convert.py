@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jukinet.domain import validate
 from jukinet.domain.errors import InvalidField, JukinetError
-from jukinet.domain.model import ChangeEvent, EventRow, IdentityItems, RegisterChange
+from jukinet.domain.model import EventRow, IdentityItems, RegisterChange
 from jukinet.services.intake import Accepted, Outcome, Refused
 from jukinet.wire.v1 import register_pb2, types_pb2
 
@@ -65,30 +65,6 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 def timestamp(instant: dt.datetime) -> Timestamp:
     micros = (instant - _EPOCH) // _MICROSECOND
     return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
-
-
-def event_to_pb(event: ChangeEvent) -> types_pb2.ChangeEvent:
-    """Filled in place: building the nested messages first and passing them in copies each one (about
-    twice the cost, on the relay's per-event path)."""
-    pb = types_pb2.ChangeEvent(
-        seq=event.seq,
-        resident_code=event.resident_code,
-        previous_code=event.previous_code,
-        reason=int(event.reason),  # type: ignore[arg-type]
-        effective_date=event.effective_date.isoformat(),
-    )
-    micros = (event.recorded_at - _EPOCH) // _MICROSECOND
-    recorded = pb.recorded_time
-    recorded.seconds = micros // 1_000_000
-    recorded.nanos = (micros % 1_000_000) * 1000
-    items = event.items
-    out = pb.items
-    out.name = items.name
-    out.alias = items.alias
-    out.birth_date = items.birth_date.isoformat()
-    out.sex = int(items.sex)  # type: ignore[assignment]
-    out.address = items.address
-    return pb
 
 
 def event_row_to_pb(row: Any) -> types_pb2.ChangeEvent:

@@ -10,14 +10,16 @@ from jukinet.domain.model import (
     ChangeEvent,
     ChangeReason,
     Effect,
+    EventRow,
     IdentityItems,
     RegisterChange,
     Registration,
     effect_of,
+    event_row,
 )
-from jukinet.domain.registry_state import registrations_from
+from jukinet.domain.registry_state import latest_registration_rows, registrations_from
 from jukinet.services.ports import AccessEntry, IntakeTx
-from jukinet.services.relay import CallInfo, latest_registrations
+from jukinet.services.relay import CallInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ Outcome = Accepted | Refused
 @dataclass(frozen=True, slots=True)
 class IntakeResult:
     outcomes: list[Outcome]  # one per change, in order
-    events: list[ChangeEvent]  # the events recorded (committed with the caller's transaction)
+    events: list[EventRow]  # the events recorded (committed with the caller's transaction)
 
 
 def _repeats(change: RegisterChange, earlier: ChangeEvent) -> bool:
@@ -110,8 +112,9 @@ def record_changes(
         seq += 1
         events.append(event)
         request_ids.append(change.request_id)
-        for reg in registrations_from(event):
-            current[reg.resident_code] = reg
+        if event.resident_code in codes or event.previous_code in codes:  # a later change may name it
+            for reg in registrations_from(event):
+                current[reg.resident_code] = reg
         in_batch[change.request_id] = event
         outcomes.append(Accepted(change.request_id, event.resident_code, event.seq))
         subjects.extend(_subjects(change, event))
@@ -119,13 +122,14 @@ def record_changes(
     if subjects:
         # One entry for the accepted changes of this message (it is one request), one per refusal.
         access.append(_access(call, now, call.request_id, subjects, "OK"))
-    if events:
-        tx.insert_events(events, request_ids)
-        tx.upsert_registrations(latest_registrations(events))
+    flat = [event_row(e) for e in events]
+    if flat:
+        tx.insert_event_rows(flat, request_ids)
+        tx.upsert_registration_rows(latest_registration_rows(flat))
     if used_codes:
         tx.remove_free_codes(used_codes)
     tx.append_access(access)
-    return IntakeResult(outcomes, events)
+    return IntakeResult(outcomes, flat)
 
 
 def _event_for(

@@ -43,7 +43,9 @@ class RelayTx(Protocol):
         """Highest seq stored for origin, 0 if none."""
         ...
 
-    def insert_event_rows(self, events: Sequence[EventRow]) -> None: ...
+    def insert_event_rows(self, events: Sequence[EventRow], request_ids: Sequence[str] | None = None) -> None:
+        """Relayed events, or (municipality) its own events with the register's request ids."""
+        ...
 
     def event_rows_at(self, origin: str, seqs: Sequence[int]) -> dict[int, EventRow]:
         """The stored events of `origin` with these sequence numbers, by seq."""
@@ -56,10 +58,6 @@ class RelayTx(Protocol):
 
 class IntakeTx(RelayTx, Protocol):
     """A municipality node's transaction: its own registrations, request ids and code pool."""
-
-    def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None: ...
-
-    def upsert_registrations(self, registrations: Iterable[Registration]) -> None: ...
 
     def registrations_at(self, codes: Iterable[str], municipality: str) -> dict[str, Registration]: ...
 

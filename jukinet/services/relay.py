@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from jukinet.domain.errors import InvalidField, ReplayMismatch, SequenceGap
-from jukinet.domain.model import ChangeEvent, EventRow, Registration
-from jukinet.domain.registry_state import latest_registration_rows, registrations_from
+from jukinet.domain.model import EventRow
+from jukinet.domain.registry_state import latest_registration_rows
 from jukinet.services.ports import AccessEntry, RelayTx
 
 PUSH_METHOD = "/jukinet.wire.v1.RelayService/PushEvents"
@@ -27,15 +27,6 @@ class BatchOutcome:
     acked_seq: int
     applied: int
     duplicates: int
-
-
-def latest_registrations(events: Sequence[ChangeEvent]) -> list[Registration]:
-    """The registrations a run of events leaves behind (last write per key wins, in seq order)."""
-    latest: dict[tuple[str, str], Registration] = {}
-    for event in events:
-        for reg in registrations_from(event):
-            latest[(reg.resident_code, reg.municipality)] = reg
-    return list(latest.values())
 
 
 def apply_batch(tx: RelayTx, origin: str, events: Sequence[EventRow], call: CallInfo, now: dt.datetime) -> BatchOutcome:

@@ -3,7 +3,7 @@
 import datetime as dt
 from typing import Any
 
-from jukinet.domain.model import ChangeEvent, ChangeReason, EventRow, IdentityItems, Registration, RegistrationRow, Sex
+from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Registration, RegistrationRow, Sex
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Stored numbers to enum members by dict: calling the enum class costs several times more, on every row read.
@@ -27,26 +27,6 @@ REGISTRATION_COLUMNS = (
     "resident_code", "municipality", "active", "reason", "effective_date", "recorded_us", "seq", "replaced_by",
     "name", "alias", "birth_date", "sex", "address",
 )  # fmt: skip
-
-
-def event_row(event: ChangeEvent) -> EventRow:
-    """The flat form of an event (what the relay's receiving side stores and compares)."""
-    items = event.items
-    return EventRow(
-        event.origin, event.seq, event.resident_code, event.previous_code, int(event.reason),
-        event.effective_date.isoformat(), to_us(event.recorded_at), items.name, items.alias,
-        items.birth_date.isoformat(), int(items.sex), items.address,
-    )  # fmt: skip
-
-
-def event_tuple(event: ChangeEvent, request_id: str | None = None) -> tuple[object, ...]:
-    """Values in EVENT_COLUMNS order."""
-    items = event.items
-    return (
-        event.origin, event.seq, event.resident_code, event.previous_code, int(event.reason),
-        event.effective_date.isoformat(), to_us(event.recorded_at), items.name, items.alias,
-        items.birth_date.isoformat(), int(items.sex), items.address, request_id,
-    )  # fmt: skip
 
 
 def registration_tuple(reg: Registration) -> RegistrationRow:

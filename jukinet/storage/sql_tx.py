@@ -65,6 +65,7 @@ _SELECT_REGISTRATIONS = f"SELECT {', '.join(rows.REGISTRATION_COLUMNS)} FROM reg
 _SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS[:-1])} FROM event WHERE origin = ? AND seq IN ("  # noqa: S608 - constant names
 _SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
+_SELECT_REGISTERED = "SELECT resident_code FROM registration WHERE resident_code IN ("
 _PEEK_FREE_CODES = "SELECT resident_code FROM free_code ORDER BY id LIMIT ?"
 # The pool's first codes up to and including one of them: a range of the primary key, no per-code lookup.
 _DELETE_FREE_CODES_THROUGH = "DELETE FROM free_code WHERE id <= (SELECT id FROM free_code WHERE resident_code = ?)"
@@ -151,12 +152,12 @@ class SqlTx:
         finally:
             cursor.close()
 
-    def insert_events(self, events: Sequence[ChangeEvent], request_ids: Sequence[str] | None = None) -> None:
-        ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(events)
-        self._append(_INSERT_EVENT, [rows.event_tuple(e, r) for e, r in zip(events, ids, strict=True)])
-
-    def insert_event_rows(self, events: Sequence[EventRow]) -> None:
-        self._append(_INSERT_EVENT_ROW, events)
+    def insert_event_rows(self, events: Sequence[EventRow], request_ids: Sequence[str] | None = None) -> None:
+        """Relayed events (no request id), or a municipality's own with the register's request ids."""
+        if request_ids is None:
+            self._append(_INSERT_EVENT_ROW, events)
+        else:
+            self._append(_INSERT_EVENT, [(*e, r) for e, r in zip(events, request_ids, strict=True)])
 
     def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
         self.upsert_registration_rows([rows.registration_tuple(r) for r in registrations])
@@ -259,11 +260,14 @@ class SqlTx:
                 found[values[-1]] = rows.event_from_tuple(values)
         return found
 
-    def issued_among(self, codes: Sequence[str]) -> set[str]:
-        """Which of `codes` the center has ever issued."""
+    def known_among(self, codes: Sequence[str]) -> set[str]:
+        """Which of `codes` the center has ever issued, or any municipality has registered (index probes only:
+        one statement per chunk for both tables, no rows read)."""
         found: set[str] = set()
         for chunk in in_chunks(codes):
-            found.update(row[0] for row in self._fetchall(_SELECT_ISSUED + _marks(len(chunk)) + ")", tuple(chunk)))
+            marks = _marks(len(chunk))
+            sql = f"{_SELECT_ISSUED}{marks}) UNION ALL {_SELECT_REGISTERED}{marks})"
+            found.update(row[0] for row in self._fetchall(sql, (*chunk, *chunk)))
         return found
 
     def peek_free_codes(self, limit: int) -> list[str]:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from center.code_checker import CodeChecker
 from jukinet.codes import resident_code_from_body
 from jukinet.domain.errors import AlreadyResolved, NotFoundError
-from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Sex
+from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Sex, event_row
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.services.relay import CallInfo, apply_batch
 from jukinet.storage import Store, make_engine, queries
@@ -30,7 +30,6 @@ from jukinet.storage.code_checks import (
     resolve_anomaly,
     unchecked,
 )
-from jukinet.storage.rows import event_row
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc, types_pb2
 from tests.helpers.nodes import channel, event, eventually, jukinet, start
 

@@ -9,10 +9,9 @@ from hypothesis import strategies as st
 
 from jukinet.codes import resident_code_from_body
 from jukinet.domain.errors import InvalidField
-from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Sex
+from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Sex, event_row
 from jukinet.domain.registry_state import latest_registration_rows, registration_rows_from, registrations_from
 from jukinet.rpc.convert import event_row_to_pb, relayed_events_from_pb
-from jukinet.services.relay import latest_registrations
 from jukinet.storage import center_tx, rows
 from jukinet.wire.v1 import types_pb2
 
@@ -47,12 +46,13 @@ def events(draw: st.DrawFn, seq: int = 1) -> ChangeEvent:
 def test_flat_registrations_match_the_domain_rules(run: list[ChangeEvent]) -> None:
     run = [ChangeEvent(e.origin, i + 1, e.resident_code, e.reason, e.effective_date, e.recorded_at, e.items,
                        e.previous_code) for i, e in enumerate(run)]  # fmt: skip
-    flat = [rows.event_row(e) for e in run]
+    flat = [event_row(e) for e in run]
     for event, row in zip(run, flat, strict=True):
         assert rows.event_from_tuple((*row, None)) == event
     for event, row in zip(run, flat, strict=True):
         assert registration_rows_from(row) == [rows.registration_tuple(r) for r in registrations_from(event)]
-    assert latest_registration_rows(flat) == [rows.registration_tuple(r) for r in latest_registrations(run)]
+    latest = {(r.resident_code, r.municipality): r for event in run for r in registrations_from(event)}
+    assert latest_registration_rows(flat) == [rows.registration_tuple(r) for r in latest.values()]
 
 
 def test_the_center_reads_the_search_columns_at_the_right_positions() -> None:
@@ -70,7 +70,7 @@ def _pb(name: str = "山田\u3000花子", nanos: int = 123_456_000) -> types_pb2
         T0,
         IdentityItems(name, dt.date(1980, 1, 1), Sex.FEMALE, "東京都調布市小島町1番"),
     )
-    pb = event_row_to_pb(rows.event_row(event))
+    pb = event_row_to_pb(event_row(event))
     pb.recorded_time.nanos = nanos
     return pb
 

@@ -6,7 +6,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Registration, Sex
+from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Registration, Sex, event_row
 from jukinet.storage import rows
 
 _text = st.text(min_size=1, max_size=20)
@@ -93,4 +93,4 @@ def test_event_reads_back_equal(
         items=items,
         previous_code=previous,
     )
-    assert rows.event_from_tuple(rows.event_tuple(event, request_id)) == event
+    assert rows.event_from_tuple((*event_row(event), request_id)) == event

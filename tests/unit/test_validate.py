@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from jukinet.domain import validate
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.model import ChangeReason, IdentityItems, Sex
+from jukinet.domain.normalize import search_key
 
 TODAY = dt.date(2026, 11, 22)
 ITEMS = IdentityItems(
@@ -129,3 +130,28 @@ def test_text_keeps_ideographic_and_no_break_spaces_inside_a_value() -> None:
     assert validate.text("name", "山田\u3000太郎\u00a0様", max_chars=100) == "山田\u3000太郎\u00a0様"
     with pytest.raises(InvalidField, match="U\\+200B"):
         validate.text("name", "山田\u200b太郎", max_chars=100)
+
+
+@pytest.mark.parametrize(("repeat", "accepted"), [(33, True), (34, False)])
+def test_a_search_key_lengthened_by_case_folding_alone_is_still_held_to_the_limit(repeat: int, accepted: bool) -> None:
+    """U+0390 is NFKC-stable and case-folds to three characters: the shortcut for NFKC-stable text
+    (length x 3 within the limit) and the full key computation agree at the boundary (99 vs 102 > 100)."""
+    name = "\u0390" * repeat
+    assert unicodedata.is_normalized("NFKC", name)
+    assert len(name.casefold()) == 3 * repeat
+    if accepted:
+        assert validate.searchable("name", name, max_chars=100) == name
+    else:
+        with pytest.raises(InvalidField, match="search form"):
+            validate.searchable("name", name, max_chars=100)
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_searchable_accepts_exactly_the_text_whose_search_key_fits(value: str) -> None:
+    fits = len(search_key(value)) <= 40
+    try:
+        validate.searchable("name", value, max_chars=40)
+    except InvalidField:
+        assert not fits
+    else:
+        assert fits
