@@ -126,12 +126,21 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 
+def to_us(instant: dt.datetime) -> int:
+    """An aware instant as whole microseconds since the epoch (how events and logs store time)."""
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+def from_us(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=micros)
+
+
 def event_row(event: ChangeEvent) -> EventRow:
     """The flat form of an event (storage.rows.event_from_tuple goes the other way)."""
     items = event.items
     return EventRow(
         event.origin, event.seq, event.resident_code, event.previous_code, int(event.reason),
-        event.effective_date.isoformat(), (event.recorded_at - _EPOCH) // _MICROSECOND, items.name, items.alias,
+        event.effective_date.isoformat(), to_us(event.recorded_at), items.name, items.alias,
         items.birth_date.isoformat(), int(items.sex), items.address,
     )  # fmt: skip
 

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jukinet.domain import validate
 from jukinet.domain.errors import InvalidField, JukinetError
-from jukinet.domain.model import EventRow, IdentityItems, RegisterChange
+from jukinet.domain.model import EventRow, IdentityItems, RegisterChange, from_us, to_us
 from jukinet.services.intake import Accepted, Outcome, Refused
 from jukinet.wire.v1 import register_pb2, types_pb2
 
@@ -58,12 +58,8 @@ def register_change_or_refusal(pb: register_pb2.RegisterChange) -> RegisterChang
         return Refused(pb.request_id[:64].replace("\x00", "\ufffd"), error)
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
-
-
 def timestamp(instant: dt.datetime) -> Timestamp:
-    micros = (instant - _EPOCH) // _MICROSECOND
+    micros = to_us(instant)
     return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
@@ -104,24 +100,30 @@ def _recorded_us(pb: types_pb2.ChangeEvent) -> int:
         raise InvalidField("recorded_time", f"nanos {nanos} is not between 0 and 999,999,999")
     if not _EARLIEST_RECORDING_S <= seconds <= time.time() + _AHEAD_S:
         try:
-            shown = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()
+            shown = from_us(seconds * 1_000_000).isoformat()
         except OverflowError:
             shown = f"{seconds} seconds from 1970"
         raise InvalidField("recorded_time", f"{shown} is out of range (1900 to tomorrow)")
     return seconds * 1_000_000 + nanos // 1000
 
 
-def event_row_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, latest_effective: dt.date) -> EventRow:
-    """A relayed event, validated again at the receiving edge; a refusal names the event and the field
-    ("event 132080#5: items.name"). `origin` must already be validated, once per batch; `latest_effective`
-    is today (JST) plus a day, as the sender's clock may run ahead."""
+def event_row_from_pb(
+    origin: str, pb: types_pb2.ChangeEvent, *, latest_effective: dt.date
+) -> tuple[EventRow, types_pb2.ChangeEvent]:
+    """A relayed event, validated again at the receiving edge, and the event as the next hop must receive
+    it: `pb` itself where validation kept every value as sent (the common case: no rebuilding on the
+    prefecture's hot path), else a message rebuilt from the row (NFC normalization, nanoseconds below a
+    microsecond). A refusal names the event and the field ("event 132080#5: items.name"). `origin` must
+    already be validated, once per batch; `latest_effective` is today (JST) plus a day, as the sender's
+    clock may run ahead."""
     try:
         if not pb.HasField("items"):
             raise InvalidField("items", "are required")
         if not pb.HasField("recorded_time"):
             raise InvalidField("recorded_time", "is required")
         items = pb.items
-        return validate.relayed_event(
+        name, alias, address = items.name, items.alias, items.address
+        row = validate.relayed_event(
             origin=origin,
             seq=pb.seq,
             resident_code_value=pb.resident_code,
@@ -129,38 +131,27 @@ def event_row_from_pb(origin: str, pb: types_pb2.ChangeEvent, *, latest_effectiv
             reason_value=pb.reason,
             effective_date=pb.effective_date,
             recorded_us=_recorded_us(pb),
-            name=items.name,
-            alias=items.alias,
+            name=name,
+            alias=alias,
             birth_date=items.birth_date,
             sex_value=items.sex,
-            address=items.address,
+            address=address,
             latest_effective=latest_effective,
         )
     except InvalidField as error:  # field names are built only for a refusal (the hot path builds none)
         raise InvalidField(f"event {origin}#{pb.seq}: {error.field}", error.problem) from None
+    as_sent = row.name == name and row.alias == alias and row.address == address and pb.recorded_time.nanos % 1000 == 0
+    return row, pb if as_sent else event_row_to_pb(row)
 
 
 def relayed_events_from_pb(
     origin: str, pbs: Sequence[types_pb2.ChangeEvent], *, today: dt.date | None = None
 ) -> tuple[list[EventRow], list[types_pb2.ChangeEvent]]:
-    """A relayed batch, validated: its rows, and each event as the next hop must receive it. That is the
-    received message itself where validation kept every value as sent (the common case: no rebuilding on
-    the prefecture's hot path), and a message rebuilt from the row where it did not (NFC normalization,
-    nanoseconds below a microsecond). The caller discards unknown fields from the request first, so
-    nothing unvalidated is passed on."""
+    """A relayed batch, validated (event_row_from_pb): its rows, and its events as the next hop must receive
+    them. The caller discards unknown fields from the request first, so nothing unvalidated is passed on."""
     latest_effective = (today or validate.today_jst()) + _ONE_DAY
-    rows = [event_row_from_pb(origin, pb, latest_effective=latest_effective) for pb in pbs]
-    forward: list[types_pb2.ChangeEvent] = list(pbs)
-    for index, (row, pb) in enumerate(zip(rows, pbs, strict=True)):
-        items = pb.items
-        if (
-            row.name != items.name
-            or row.alias != items.alias
-            or row.address != items.address
-            or pb.recorded_time.nanos % 1000
-        ):
-            forward[index] = event_row_to_pb(row)
-    return rows, forward
+    checked = [event_row_from_pb(origin, pb, latest_effective=latest_effective) for pb in pbs]
+    return [row for row, _ in checked], [forward for _, forward in checked]
 
 
 _CODE_NUMBERS = {

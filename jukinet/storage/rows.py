@@ -3,20 +3,20 @@
 import datetime as dt
 from typing import Any
 
-from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Registration, RegistrationRow, Sex
+from jukinet.domain.model import (
+    ChangeEvent,
+    ChangeReason,
+    IdentityItems,
+    Registration,
+    RegistrationRow,
+    Sex,
+)
+from jukinet.domain.model import from_us as from_us  # stored instants: re-exported for the storage callers
+from jukinet.domain.model import to_us as to_us
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Stored numbers to enum members by dict: calling the enum class costs several times more, on every row read.
 _SEX = {int(member): member for member in Sex}
 _REASON = {int(member): member for member in ChangeReason}
-
-
-def to_us(instant: dt.datetime) -> int:
-    return (instant - _EPOCH) // dt.timedelta(microseconds=1)
-
-
-def from_us(micros: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=micros)
 
 
 EVENT_COLUMNS = (

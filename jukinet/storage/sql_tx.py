@@ -159,9 +159,6 @@ class SqlTx:
         else:
             self._append(_INSERT_EVENT, [(*e, r) for e, r in zip(events, request_ids, strict=True)])
 
-    def upsert_registrations(self, registrations: Iterable[Registration]) -> None:
-        self.upsert_registration_rows([rows.registration_tuple(r) for r in registrations])
-
     def upsert_registration_rows(self, registrations: Sequence[RegistrationRow]) -> None:
         self._executemany(_UPSERT_REGISTRATION, registrations)
 

@@ -17,6 +17,7 @@ from jukinet.domain.model import ChangeReason, IdentityItems, Registration, Sex
 from jukinet.rpc.error_details import details_of
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, make_engine, queries
+from jukinet.storage.rows import registration_tuple
 from jukinet.storage.schema import issued_code
 from jukinet.wire.v1 import codepool_pb2, codepool_pb2_grpc
 from tests.helpers.nodes import channel, start
@@ -63,9 +64,8 @@ def test_a_pool_skips_codes_drawn_twice_or_issued_before(
     registered = fresh.pop()  # recorded by a municipality, never issued by the center
     items = IdentityItems("山田\u3000太郎", dt.date(1980, 4, 1), Sex.MALE, "東京都調布市1")
     with engine.begin() as conn:
-        SqlTx(conn).upsert_registrations(
-            [Registration(registered, "132187", items, True, ChangeReason.EX_OFFICIO_RECORD, NOW.date(), NOW, 1)]
-        )
+        reg = Registration(registered, "132187", items, True, ChangeReason.EX_OFFICIO_RECORD, NOW.date(), NOW, 1)
+        SqlTx(conn).upsert_registration_rows([registration_tuple(reg)])
     draws = iter(
         [[fresh[0], earlier[0], fresh[0], fresh[1]], [earlier[2], registered], [fresh[2], fresh[1]], [fresh[3]]]
     )

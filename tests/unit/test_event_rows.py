@@ -1,5 +1,6 @@
 """The relay's flat hot path (EventRow) agrees with the domain objects it stands in for."""
 
+import dataclasses
 import datetime as dt
 import unicodedata
 
@@ -44,8 +45,7 @@ def events(draw: st.DrawFn, seq: int = 1) -> ChangeEvent:
 
 @given(st.lists(events(), min_size=1, max_size=6))
 def test_flat_registrations_match_the_domain_rules(run: list[ChangeEvent]) -> None:
-    run = [ChangeEvent(e.origin, i + 1, e.resident_code, e.reason, e.effective_date, e.recorded_at, e.items,
-                       e.previous_code) for i, e in enumerate(run)]  # fmt: skip
+    run = [dataclasses.replace(e, seq=i + 1) for i, e in enumerate(run)]
     flat = [event_row(e) for e in run]
     for event, row in zip(run, flat, strict=True):
         assert rows.event_from_tuple((*row, None)) == event
