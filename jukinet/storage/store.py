@@ -4,13 +4,21 @@ All writes of a node go through one thread, so SQLite writes are serialized in o
 while a transaction is running are committed together (group commit): each job runs in its own
 SAVEPOINT, so a failing job is rolled back alone and the others still commit. No job's caller is
 answered before the transaction holding its job has committed.
+
+On SQLite the writer keeps one connection for its whole life. A connection that begins a transaction after
+another connection has written throws away its page cache and unmaps the database file (SQLite's pager does
+this whenever the WAL changed under it); taking the next pooled connection for every group did exactly that
+for nearly every group (the pool hands its connections out in turn), and the writer then faulted the pages of
+a 1M-resident database back in one by one. PostgreSQL has no such cost and keeps checking out per group, with
+the pool's pre-ping catching a connection the server dropped.
 """
 
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +52,8 @@ class Store:
         self._max_group = max_group
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-read")
+        self._keep_connection = self.engine.dialect.name == "sqlite"
+        self._connection: Connection | None = None  # the writer's own (SQLite), opened on first use
         self._writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
         self._writer.start()
 
@@ -94,6 +104,12 @@ class Store:
         self.engine.dispose()
 
     def _write_loop(self) -> None:
+        try:
+            self._serve_jobs()
+        finally:
+            self._drop_connection()
+
+    def _serve_jobs(self) -> None:
         while True:
             first = self._jobs.get()
             if first is _STOP:
@@ -116,7 +132,7 @@ class Store:
     def _run_group(self, group: list[_Job]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self.engine.connect() as conn, conn.begin():
+            with self._connect() as conn, conn.begin():
                 for job in group:
                     savepoint = len(group) > 1 and job.isolated
                     outcome = self._run_job(conn, job, savepoint=savepoint)
@@ -133,11 +149,32 @@ class Store:
         except Exception as error:  # the commit itself failed: nobody's job is durable
             log.error("db_commit_failed", error=repr(error), jobs=len(group))
             outcomes = [(False, error) for _ in group]
+            self._drop_connection()  # the next group starts on a fresh connection
         for job, (ok, value) in zip(group, outcomes, strict=True):
             if ok:
                 job.loop.call_soon_threadsafe(_committed, job, value)
             else:
                 job.loop.call_soon_threadsafe(_reject, job.future, value)
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """The connection a group runs on: the writer's own on SQLite, a pooled one otherwise."""
+        if not self._keep_connection:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        if self._connection is None or self._connection.closed or self._connection.invalidated:
+            self._drop_connection()
+            self._connection = self.engine.connect()
+        yield self._connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception as error:  # already broken: nothing more to release
+                log.warning("db_connection_close_failed", error=repr(error))
 
     @staticmethod
     def _run_job(conn: Connection, job: _Job, *, savepoint: bool) -> tuple[bool, Any]:
