@@ -52,4 +52,6 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # Straight to the driver: through exec_driver_sql this one statement cost about 35 µs more Python on
+        # every transaction (a writer runs hundreds of them a second under agency lookups).
+        connection.connection.driver_connection.execute("BEGIN")
