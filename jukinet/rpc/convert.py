@@ -26,16 +26,6 @@ def items_from_pb(pb: types_pb2.IdentityItems, prefix: str, *, today: dt.date | 
     )
 
 
-def items_to_pb(items: IdentityItems) -> types_pb2.IdentityItems:
-    return types_pb2.IdentityItems(
-        name=items.name,
-        alias=items.alias,
-        birth_date=items.birth_date.isoformat(),
-        sex=int(items.sex),  # type: ignore[arg-type]
-        address=items.address,
-    )
-
-
 def register_change_from_pb(pb: register_pb2.RegisterChange, *, today: dt.date | None = None) -> RegisterChange:
     """Raises InvalidField naming the first bad field."""
     items = items_from_pb(pb.items, "items.", today=today) if pb.HasField("items") else None
