@@ -72,7 +72,7 @@ def allocate(
     chosen: dict[str, None] = {}
     while len(chosen) < count:
         candidates = [c for c in dict.fromkeys(random_codes(count - len(chosen))) if c not in chosen]
-        taken = _already_issued(conn, candidates)
+        taken = _already_issued(conn, sorted(candidates))  # probes in key order walk the indexes once
         for code in candidates:
             if code not in taken:
                 chosen[code] = None
@@ -89,7 +89,9 @@ def allocate(
             }
         ],
     )
-    SqlTx(conn).insert_code_rows("issued_code", codes, block_id)
+    # Stored in key order (the table keeps none, see above): about half the cost of random-order inserts into
+    # its index; the municipality still receives the codes in the order drawn.
+    SqlTx(conn).insert_code_rows("issued_code", sorted(codes), block_id)
     SqlTx(conn).append_access(
         [
             AccessEntry(

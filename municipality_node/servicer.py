@@ -1,22 +1,25 @@
 """RegisterService: the municipal register system pushes resident changes here."""
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import grpc
 
 from jukinet.domain.errors import CodePoolExhausted, InvalidField
 from jukinet.domain.identity import NodeId, Role
-from jukinet.domain.model import RegisterChange
+from jukinet.domain.model import EventRow, RegisterChange
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
-from jukinet.rpc.convert import event_row_to_pb, outcome_to_pb, register_change_from_pb, register_change_or_refusal
-from jukinet.rpc.guard import AlreadyLogged, Guard
+from jukinet.rpc.convert import outcome_to_pb, register_change_from_pb, register_change_or_refusal
+from jukinet.rpc.guard import AlreadyLogged, Call, Guard
+from jukinet.rpc.pipeline import answer_in_order
 from jukinet.services.intake import Accepted, IntakeResult, Outcome, Refused, record_changes
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, Store
-from jukinet.wire.v1 import register_pb2, register_pb2_grpc, types_pb2
+from jukinet.wire.v1 import register_pb2, register_pb2_grpc
 
 MAX_CHANGES_PER_MESSAGE = 5000
 
@@ -28,7 +31,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         store: Store,
         guard: Guard,
         metrics: NodeMetrics,
-        on_recorded: Callable[[int, Sequence[types_pb2.ChangeEvent]], None],
+        on_recorded: Callable[[int, Sequence[EventRow]], None],
         on_pool_exhausted: Callable[[], None],
     ) -> None:
         self._origin = origin
@@ -40,12 +43,15 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
         self._on_pool_exhausted = on_pool_exhausted
 
     async def _record(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> list[Outcome]:
+        return (await self._submit(changes, call)).outcomes
+
+    def _submit(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> "asyncio.Future[IntakeResult]":
+        """Queues the changes' transaction with the writer (in call order) and returns its future."""
         now = dt.datetime.now(dt.UTC)
         self._metrics.changes_received.inc(len(changes))
-        result = await self._store.write(
+        return self._store.submit(
             lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now), after_commit=self._committed
         )
-        return result.outcomes
 
     def _committed(self, result: IntakeResult) -> None:
         """Runs after the commit even if the register system went away meanwhile: the relay always hears of it."""
@@ -58,7 +64,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
                 self._metrics.changes_refused.labels(outcome.error.reason).inc()
                 exhausted = exhausted or isinstance(outcome.error, CodePoolExhausted)
         if result.events:
-            self._on_recorded(result.events[-1].seq, [event_row_to_pb(e) for e in result.events])
+            self._on_recorded(result.events[-1].seq, result.events)
         if exhausted:
             self._on_pool_exhausted()
 
@@ -83,13 +89,24 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
     ) -> AsyncIterator[register_pb2.RecordChangesResponse]:
         async with self._guard.call(context, authz.RECORD_CHANGES) as call:
             authz.check_origin(call.caller, self._origin, self._node)
-            async for request in request_iterator:
-                call.check_open()
-                if len(request.changes) > MAX_CHANGES_PER_MESSAGE:
-                    raise InvalidField(
-                        "changes",
-                        f"{len(request.changes)} changes in one message; the limit is {MAX_CHANGES_PER_MESSAGE}",
-                    )
-                changes = [register_change_or_refusal(pb) for pb in request.changes]
-                outcomes = await self._record(changes, call.info) if changes else []
-                yield register_pb2.RecordChangesResponse(results=[outcome_to_pb(o) for o in outcomes])
+            async for answer in answer_in_order(request_iterator, partial(self._start_message, call)):
+                yield answer
+
+    def _start_message(
+        self, call: Call, request: register_pb2.RecordChangesRequest
+    ) -> Awaitable[register_pb2.RecordChangesResponse]:
+        """Checks one message and queues its write in arrival order; the stream reads the next message
+        meanwhile, so messages that arrive together are recorded in one transaction."""
+        call.check_open()
+        if len(request.changes) > MAX_CHANGES_PER_MESSAGE:
+            raise InvalidField(
+                "changes",
+                f"{len(request.changes)} changes in one message; the limit is {MAX_CHANGES_PER_MESSAGE}",
+            )
+        changes = [register_change_or_refusal(pb) for pb in request.changes]
+        return _answer(self._submit(changes, call.info) if changes else None)
+
+
+async def _answer(recorded: Awaitable[IntakeResult] | None) -> register_pb2.RecordChangesResponse:
+    outcomes = (await recorded).outcomes if recorded is not None else []
+    return register_pb2.RecordChangesResponse(results=[outcome_to_pb(o) for o in outcomes])

@@ -152,7 +152,7 @@ def request_id(field: str, value: str) -> str:
         raise InvalidField(field, "is required: a unique id the caller reuses on every retry")
     if len(value) > MAX_REQUEST_ID_CHARS:
         raise InvalidField(field, f"is longer than {MAX_REQUEST_ID_CHARS} characters")
-    if not value.isascii() or not all(33 <= ord(c) <= 126 for c in value):
+    if not value.isascii() or not value.isprintable() or " " in value:  # ASCII printable is 32-126
         raise InvalidField(field, "must be printable ASCII without spaces")
     return value
 

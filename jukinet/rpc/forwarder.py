@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import Connection, Row
 
 from jukinet.domain.identity import NodeId
+from jukinet.domain.model import EventRow
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import channel_options
 from jukinet.rpc import authz
@@ -33,6 +34,9 @@ from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc, types_pb2
 log = structlog.get_logger(__name__)
 RPC_TIMEOUT_S = 10.0
 RECENT_LIMIT = 50_000  # events kept in memory after commit so the sender need not read them back
+
+
+Cached = Sequence[types_pb2.ChangeEvent] | Sequence[EventRow]
 
 
 class Forwarder:
@@ -60,17 +64,19 @@ class Forwarder:
         self._heads: dict[str, int] = {}  # loaded from the database at every session start
         self._acked: dict[str, int] = {}
         self._wake = asyncio.Event()
-        self._recent: dict[str, dict[int, list[types_pb2.ChangeEvent]]] = {}
+        self._recent: dict[str, dict[int, Cached]] = {}
         self._recent_size = 0
         self.connected = False
 
-    def notify(self, origin: str, head_seq: int, events: Sequence[types_pb2.ChangeEvent] = ()) -> None:
+    def notify(self, origin: str, head_seq: int, events: Cached = ()) -> None:
         """Called after a local commit: there is something new to send. `events`, when given, are the
-        committed events themselves (consecutive), kept briefly so the sender need not read them back."""
+        committed events themselves (consecutive), kept briefly so the sender need not read them back: the
+        messages a prefecture received, or the rows a municipality recorded (turned into messages only when
+        sent, so a row evicted before it is sent is converted once, from the database)."""
         if head_seq > self._heads.get(origin, 0):
             self._heads[origin] = head_seq
         if events:
-            self._recent.setdefault(origin, {})[events[0].seq] = list(events)
+            self._recent.setdefault(origin, {})[events[0].seq] = events  # the caller hands them over
             self._recent_size += len(events)
             while self._recent_size > RECENT_LIMIT:
                 self._evict_one()
@@ -94,8 +100,22 @@ class Forwarder:
                 break  # never exceed the batch size by joining (a single cached part is <= MAX_BATCH)
             del bucket[first_seq + len(batch)]
             self._recent_size -= len(part)
-            batch.extend(part)
+            if part and isinstance(part[0], EventRow):
+                batch.extend(event_row_to_pb(row) for row in part)
+            else:
+                batch.extend(part)  # type: ignore[arg-type]  # a list of messages (mypy cannot narrow the union)
         return batch or None
+
+    def _uncached_run(self, origin: str, first_seq: int) -> int:
+        """How many events to read back from first_seq on: up to the next cached part (so the reads end where
+        the cache takes over again), at most a batch. Parts before first_seq (sent meanwhile) are dropped."""
+        bucket = self._recent.get(origin, {})
+        while bucket:
+            first = next(iter(bucket))
+            if first > first_seq:
+                return min(self._batch_size, first - first_seq)
+            self._recent_size -= len(bucket.pop(first))
+        return self._batch_size
 
     async def _refresh_heads(self) -> None:
         """Cheap per-origin re-read of the known origins' heads (an index lookup each)."""
@@ -253,7 +273,8 @@ class Forwarder:
                 after = sent.get(origin, 0)
                 batch = self._take_recent(origin, after + 1)
                 if batch is None:
-                    rows = await self._store.read(partial(_event_rows_after, origin, after, self._batch_size))
+                    limit = self._uncached_run(origin, after + 1)
+                    rows = await self._store.read(partial(_event_rows_after, origin, after, limit))
                     batch = [event_row_to_pb(row) for row in rows]
                 if not batch:
                     slots.release()

@@ -2,7 +2,7 @@
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,7 +16,8 @@ from jukinet.domain.validate import local_gov_code, today_jst
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import relayed_events_from_pb
-from jukinet.rpc.guard import Guard
+from jukinet.rpc.guard import Call, Guard
+from jukinet.rpc.pipeline import answer_in_order
 from jukinet.services.ports import RelayTx
 from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
 from jukinet.storage import SqlTx, Store
@@ -42,8 +43,6 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         self._guard = guard
         self._metrics = metrics
         self._on_applied = on_applied
-        # Batches of one origin must be applied one at a time (two streams could race otherwise).
-        self._origin_locks: dict[str, asyncio.Lock] = {}
 
     async def PushEvents(
         self,
@@ -51,24 +50,28 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[relay_pb2.PushEventsResponse]:
         async with self._guard.call(context, authz.PUSH_EVENTS) as call:
-            async for request in request_iterator:
-                call.check_open()
-                origin = local_gov_code("origin", request.origin)
-                authz.check_origin(call.caller, origin, self._node)
-                if len(request.events) > MAX_BATCH:
-                    raise InvalidField("events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}")
-                # Fields this node does not know never travel on with the events it forwards.
-                request.DiscardUnknownFields()
-                events, forward = relayed_events_from_pb(origin, request.events, today=today_jst())
-                self._metrics.changes_received.inc(len(events))
-                now = dt.datetime.now(dt.UTC)
-                lock = self._origin_locks.setdefault(origin, asyncio.Lock())
-                async with lock:
-                    outcome = await self._store.write(
-                        partial(self._apply, origin, events, call.info, now),
-                        after_commit=partial(self._committed, origin, forward),
-                    )
-                yield relay_pb2.PushEventsResponse(origin=origin, acked_seq=outcome.acked_seq)
+            async for answer in answer_in_order(request_iterator, partial(self._start_batch, call)):
+                yield answer
+
+    def _start_batch(self, call: Call, request: relay_pb2.PushEventsRequest) -> Awaitable[relay_pb2.PushEventsResponse]:
+        """Validates one batch and queues its write (in arrival order: the writer's queue keeps it); the
+        stream reads the next batch meanwhile, so batches that arrive together commit together. Two streams
+        of one origin are safe too: each batch checks the cursor inside the writer's transaction."""
+        call.check_open()
+        origin = local_gov_code("origin", request.origin)
+        authz.check_origin(call.caller, origin, self._node)
+        if len(request.events) > MAX_BATCH:
+            raise InvalidField("events", f"{len(request.events)} events in one batch; the limit is {MAX_BATCH}")
+        # Fields this node does not know never travel on with the events it forwards.
+        request.DiscardUnknownFields()
+        events, forward = relayed_events_from_pb(origin, request.events, today=today_jst())
+        self._metrics.changes_received.inc(len(events))
+        now = dt.datetime.now(dt.UTC)
+        committed = self._store.submit(
+            partial(self._apply, origin, events, call.info, now),
+            after_commit=partial(self._committed, origin, forward),
+        )
+        return _acknowledgement(origin, committed)
 
     def new_events(self) -> asyncio.Event:
         """Set (and replaced) whenever a batch adds events: change-feed streams wait on it."""
@@ -104,3 +107,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
                 cursors=[relay_pb2.OriginCursor(origin=o, acked_seq=heads[o]) for o in origins]
             )
         raise AssertionError("unreachable: the guard aborts on every error")
+
+
+async def _acknowledgement(origin: str, committed: Awaitable[BatchOutcome]) -> relay_pb2.PushEventsResponse:
+    return relay_pb2.PushEventsResponse(origin=origin, acked_seq=(await committed).acked_seq)

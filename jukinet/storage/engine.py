@@ -20,6 +20,7 @@ SQLITE_PRAGMAS = (
     "PRAGMA cache_size=-131072",
     "PRAGMA wal_autocheckpoint=10000",
     "PRAGMA mmap_size=1073741824",
+    "PRAGMA temp_store=MEMORY",
 )
 
 

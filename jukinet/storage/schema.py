@@ -150,7 +150,8 @@ free_code = Table(
     "free_code",
     metadata,
     Column("id", _RowId, primary_key=True, autoincrement=True),  # codes are handed out in arrival order
-    Column("resident_code", String(11), nullable=False, unique=True),
+    # Not indexed: the center issues every code once (issued_code), and a block is stored once (code_block).
+    Column("resident_code", String(11), nullable=False),
     Column("block_id", String(40), nullable=False),
 )
 

@@ -67,8 +67,10 @@ _SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS[:-1])} FROM event WHE
 _SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
 _SELECT_REGISTERED = "SELECT resident_code FROM registration WHERE resident_code IN ("
 _PEEK_FREE_CODES = "SELECT resident_code FROM free_code ORDER BY id LIMIT ?"
-# The pool's first codes up to and including one of them: a range of the primary key, no per-code lookup.
-_DELETE_FREE_CODES_THROUGH = "DELETE FROM free_code WHERE id <= (SELECT id FROM free_code WHERE resident_code = ?)"
+# The pool's first codes: the n-th one, then a range of the primary key through it (no index on the codes:
+# keeping one cost a random index insert per code received and a random delete per code handed out).
+_FREE_CODE_AT = "SELECT id, resident_code FROM free_code ORDER BY id LIMIT 1 OFFSET ?"
+_DELETE_FREE_CODES_THROUGH = "DELETE FROM free_code WHERE id <= ?"
 _INSERT_PROVISION = _Append(
     "provision_log", ("at_us", "request_id", "agency", "purpose", "resident_code", "fields", "channel")
 )
@@ -275,7 +277,10 @@ class SqlTx:
     def remove_free_codes(self, codes: Sequence[str]) -> None:
         if not codes:
             return
-        removed = self._execute(_DELETE_FREE_CODES_THROUGH, (codes[-1],))
+        last = self._fetchall(_FREE_CODE_AT, (len(codes) - 1,))
+        if not last or last[0][1] != codes[-1]:
+            raise RuntimeError(f"the pool's code #{len(codes)} is not {codes[-1]}: codes were not the pool's first")
+        removed = self._execute(_DELETE_FREE_CODES_THROUGH, (last[0][0],))
         if removed != len(codes):  # not the pool's head: roll the whole transaction back
             raise RuntimeError(f"removed {removed} free codes instead of {len(codes)}: codes were not the pool's first")
 

@@ -78,10 +78,23 @@ class Store:
         paths such as agency lookups); if such a job raises, the whole group is rolled back and every job of
         it fails with that error (there is no savepoint to return to, and PostgreSQL aborts the transaction
         on any failed statement)."""
+        return await self.submit(fn, after_commit=after_commit, isolated=isolated)
+
+    def submit(
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        after_commit: Callable[[T], None] | None = None,
+        isolated: bool = True,
+    ) -> "asyncio.Future[T]":
+        """Queues fn for the writer at once and returns the future of its result (see `write`).
+
+        Jobs run in the order they were submitted, so a stream can hand the writer its next message before the
+        previous one has committed; the writer then commits the queued messages together."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, loop, future, after_commit, isolated))
-        return await future
+        return future
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Runs fn on a reader connection (its own snapshot transaction)."""
