@@ -46,7 +46,7 @@ class NodeConfig:
     refill_below: int = 2000
     block_size: int = 5000
     batch_size: int = 5000
-    window: int = 4
+    window: int = 8
     log_level: str = "info"
     agencies: Path | None = None  # center only: the agency registry (TOML)
 
@@ -96,7 +96,7 @@ def load_config(path: Path) -> NodeConfig:
     pool = data.get("codepool", {})
     relay = data.get("relay", {})
     batch_size = _get(relay, "batch_size", int, f"{path}[relay]", 5000)
-    window = _get(relay, "window", int, f"{path}[relay]", 4)
+    window = _get(relay, "window", int, f"{path}[relay]", 8)
     if not 1 <= batch_size <= 5000 or not 1 <= window <= 64:
         raise ConfigError(f"{path}[relay]: batch_size must be 1–5000 and window 1–64")
     return NodeConfig(
