@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from jukinet.domain.agency import Agency, AgencyRegistry, Purpose
 from jukinet.domain.errors import InvalidField, JukinetError
-from jukinet.domain.model import ChangeEvent
+from jukinet.domain.model import ChangeEvent, RegistrationRow
 from jukinet.domain.registry_state import ACTIVE
 from jukinet.domain.validate import iso_date, resident_code, text
 from jukinet.observability.metrics import NodeMetrics
@@ -44,8 +44,9 @@ from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 log = structlog.get_logger(__name__)
 MAX_BULK_MESSAGE = 5000
 BULK_AHEAD = 2  # bulk messages looked up ahead of the one being answered
-# What the bulk reader hands the answering loop: a message's codes and its lookup, a refusal, or the end.
-_BulkStep: TypeAlias = "tuple[list[str], asyncio.Future[list[BulkItem]]] | Exception | None"
+# What the bulk reader hands the answering loop: a message's codes, the purpose's fields and the lookup, a
+# refusal, or the end.
+_BulkStep: TypeAlias = "tuple[list[str], frozenset[str], asyncio.Future[list[BulkItem]]] | Exception | None"
 FEED_BATCH = 500
 FEED_POLL_S = 0.5
 
@@ -127,16 +128,16 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                 while (step := await ahead.get()) is not None:
                     if isinstance(step, Exception):
                         raise step
-                    raw_codes, lookup = step
+                    raw_codes, fields, lookup = step
                     items = await lookup
-                    yield _bulk_response(raw_codes, items)
+                    yield _bulk_response(raw_codes, fields, items)
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
                 while not ahead.empty():  # lookups already under way still commit; nobody awaits them now
                     left = ahead.get_nowait()
                     if isinstance(left, tuple):
-                        left[1].add_done_callback(_consume)
+                        left[2].add_done_callback(_consume)
 
     async def _read_bulk(
         self,
@@ -168,7 +169,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                         isolated=False,  # bulk lookups never raise for one bad item
                     )
                 )
-                await ahead.put((raw_codes, lookup))
+                await ahead.put((raw_codes, purpose.fields, lookup))
         except Exception as error:
             await ahead.put(error)
             return
@@ -269,12 +270,17 @@ def _code_or_error(value: str) -> str | InvalidField:
         return error
 
 
-def _bulk_response(raw_codes: Sequence[str], items: Sequence[BulkItem]) -> provision_pb2.LookupResidentsResponse:
+def _bulk_response(
+    raw_codes: Sequence[str], fields: frozenset[str], items: Sequence[BulkItem]
+) -> provision_pb2.LookupResidentsResponse:
     """One result per code, in order. Built in place (results.add, fields set on the nested messages):
     constructing each record and then copying it into its result costs about twice as much."""
     response = provision_pb2.LookupResidentsResponse()
     add = response.results.add
     for raw, item in zip(raw_codes, items, strict=True):
+        if item.row is not None:
+            fill_record_from_row(add(resident_code=raw).record, item.row, fields)
+            continue
         if item.provided is not None:
             fill_record(add(resident_code=raw).record, item.provided)
             continue
@@ -297,6 +303,27 @@ def provided_to_pb(provided: Provided) -> provision_pb2.ProvidedRecord:
     record = provision_pb2.ProvidedRecord()
     fill_record(record, provided)
     return record
+
+
+def fill_record_from_row(target: provision_pb2.ProvidedRecord, row: RegistrationRow, fields: frozenset[str]) -> None:
+    """fill_record for an active registration as stored (bulk_lookup's BulkItem.row): the same message."""
+    code, municipality, _, _, _, _, _, _, name, alias, birth_date, sex, address = row
+    target.resident_code = code
+    target.status = provision_pb2.RESIDENT_STATUS_ACTIVE
+    target.municipality_code = municipality
+    out = target.items
+    out.SetInParent()
+    if "name" in fields:
+        out.name = name
+    if "alias" in fields:
+        out.alias = alias
+    if "birth_date" in fields:
+        out.birth_date = birth_date  # stored as YYYY-MM-DD, as date.isoformat() writes it
+    if "sex" in fields:
+        out.sex = sex  # type: ignore[assignment]
+    if "address" in fields:
+        out.address = address
+    target.provided_fields.extend(sorted_fields(fields))
 
 
 def fill_record(target: provision_pb2.ProvidedRecord, provided: Provided) -> None:

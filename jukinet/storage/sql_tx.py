@@ -243,6 +243,14 @@ class SqlTx:
                 found.setdefault(reg.resident_code, []).append(reg)
         return found
 
+    def registration_rows_of(self, codes: Iterable[str]) -> dict[str, list[RegistrationRow]]:
+        """registrations_of as stored rows (REGISTRATION_COLUMNS order), no domain objects: bulk lookups."""
+        found: dict[str, list[RegistrationRow]] = {}
+        for chunk in in_chunks(codes):
+            for values in self._fetchall(_SELECT_REGISTRATIONS + _marks(len(chunk)) + ")", tuple(chunk)):
+                found.setdefault(values[0], []).append(values)  # driver rows: tuples in column order
+        return found
+
     def event_rows_at(self, origin: str, seqs: Sequence[int]) -> dict[int, EventRow]:
         found: dict[int, EventRow] = {}
         for start in range(0, len(seqs), _IN_CHUNK):

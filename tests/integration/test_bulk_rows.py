@@ -1,0 +1,139 @@
+"""Bulk lookups answer a code whose only registration is active straight from the stored row (BulkItem.row).
+That shortcut must give exactly the answer the domain path (current_by_code over Registration objects) gives,
+and the same provision and access entries, whatever the registrations are: checked against the domain path
+on random registration sets, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, Engine, text
+
+from center.provision_servicer import _bulk_response
+from jukinet.codes import resident_code_from_body
+from jukinet.domain.agency import Agency, Purpose
+from jukinet.domain.errors import InvalidField
+from jukinet.domain.model import RegistrationRow
+from jukinet.services.provision import bulk_lookup
+from jukinet.services.relay import CallInfo
+from jukinet.storage import make_engine
+from jukinet.storage.center_tx import CenterTx
+
+CODES = [resident_code_from_body(f"{n:010d}") for n in range(100, 112)]
+MUNICIPALITIES = ("132080", "132187", "012084")
+FIELD_SETS = (
+    frozenset({"name", "birth_date", "address"}),
+    frozenset({"name", "alias", "birth_date", "sex", "address"}),
+    frozenset({"sex"}),
+)
+CALL = CallInfo(peer="jukinet://agency/pension", request_id="req-1", method="/test/LookupResidents")
+NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
+
+
+class _DomainOnly(CenterTx):
+    """The center's transaction without stored rows: every code takes the domain path."""
+
+    def registration_rows_of(self, codes: Iterable[str]) -> dict[str, list[RegistrationRow]]:
+        return {}
+
+
+@st.composite
+def registrations(draw: st.DrawFn) -> list[RegistrationRow]:
+    """0-3 registrations per code: active or not, in any municipality, some codes retired to another code."""
+    rows: list[RegistrationRow] = []
+    for index, code in enumerate(CODES):
+        places = draw(st.lists(st.sampled_from(MUNICIPALITIES), max_size=3, unique=True))
+        for place in places:
+            state = draw(st.sampled_from(("active", "deleted", "retired")))
+            successor = CODES[(index + draw(st.integers(1, 3))) % len(CODES)] if state == "retired" else ""
+            rows.append(
+                (
+                    code,
+                    place,
+                    state == "active",
+                    draw(st.sampled_from((1, 2, 6, 8, 10, 13))),
+                    "2020-04-01",
+                    draw(st.integers(1_600_000_000_000_000, 1_700_000_000_000_000)),
+                    draw(st.integers(1, 1000)),
+                    successor,
+                    draw(st.sampled_from(("山田 太郎", "佐藤\u3000花子", "Smith John"))),
+                    draw(st.sampled_from(("", "スミス"))),
+                    "1980-02-29",
+                    draw(st.sampled_from((1, 2))),
+                    "東京都調布市小島町一丁目2番3号",
+                )
+            )
+    return rows
+
+
+@pytest.fixture
+def engine(db_factory: Callable[[str], str]) -> Iterator[Engine]:
+    engine = make_engine(db_factory("center"))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _rolled_back(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        conn.begin()
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def _answer(
+    tx: CenterTx, fields: frozenset[str], asked: list[str | InvalidField]
+) -> tuple[bytes, list[tuple[object, ...]]]:
+    purpose = Purpose("check", "確認", fields)
+    agency = Agency("pension", "年金機構", {purpose.id: purpose})
+    items = bulk_lookup(tx, agency=agency, purpose=purpose, codes=asked, call=CALL, now=NOW)
+    raw = [c if isinstance(c, str) else "bad" for c in asked]
+    response = _bulk_response(raw, fields, items).SerializeToString(deterministic=True)
+    provisions = tx.conn.execute(text("SELECT resident_code, fields, channel FROM provision_log ORDER BY id"))
+    accesses = tx.conn.execute(text("SELECT subjects, outcome FROM access_log ORDER BY id"))
+    return response, [tuple(row) for row in (*provisions, *accesses)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=registrations(), fields=st.sampled_from(FIELD_SETS), data=st.data())
+def test_the_row_shortcut_answers_as_the_domain_path_does(
+    engine: Engine, rows: list[RegistrationRow], fields: frozenset[str], data: st.DataObject
+) -> None:
+    asked: list[str | InvalidField] = data.draw(
+        st.lists(st.sampled_from([*CODES, InvalidField("resident_code", "bad")]), min_size=1, max_size=20)
+    )
+    answers = []
+    for tx_type in (CenterTx, _DomainOnly):
+        with _rolled_back(engine) as conn:
+            tx = tx_type(conn)
+            tx.upsert_registration_rows(rows)
+            answers.append(_answer(tx, fields, asked))
+    assert answers[0] == answers[1]
+
+
+def test_the_shortcut_is_taken_for_a_single_active_registration_only(engine: Engine) -> None:
+    active, deleted, moved = CODES[0], CODES[1], CODES[2]
+    stored: list[RegistrationRow] = [
+        (active, "132080", True, 1, "2020-04-01", 1, 1, "", "山田 太郎", "", "1980-02-29", 1, "東京都"),
+        (deleted, "132080", False, 8, "2020-04-01", 2, 2, "", "佐藤 花子", "", "1970-01-01", 2, "東京都"),
+        (moved, "132080", False, 6, "2020-04-01", 3, 3, "", "鈴木 一郎", "", "1960-01-01", 1, "東京都"),
+        (moved, "132187", True, 2, "2020-05-01", 4, 1, "", "鈴木 一郎", "", "1960-01-01", 1, "東京都"),
+    ]
+    purpose = Purpose("check", "確認", FIELD_SETS[0])
+    agency = Agency("pension", "年金機構", {purpose.id: purpose})
+    with _rolled_back(engine) as conn:
+        tx = CenterTx(conn)
+        tx.upsert_registration_rows(stored)
+        items = bulk_lookup(tx, agency=agency, purpose=purpose, codes=[active, deleted, moved], call=CALL, now=NOW)
+    assert [item.row is not None for item in items] == [True, False, False]
+    assert items[2].provided is not None
+    assert items[2].provided.record.holder == "132187"
