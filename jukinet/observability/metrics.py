@@ -100,7 +100,25 @@ class NodeMetrics:
             "1 while this node's own log does not extend its last witnessed checkpoint (or the parent says so).",
             registry=r,
         )
+        self.db_group_jobs = Histogram(
+            "jukinet_db_transaction_jobs",
+            "Jobs (a relay or register message, a group of agency lookups, ...) committed together in one"
+            " transaction by the node's writer: group commit at work. _count is the number of transactions.",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.db_group_seconds = Histogram(
+            "jukinet_db_transaction_seconds",
+            "Time the node's writer spent on one transaction, commit (and its fsync) included.",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def observe_transaction(self, jobs: int, seconds: float) -> None:
+        """One writer transaction (Store's on_group hook; runs on the writer thread)."""
+        self.db_group_jobs.observe(jobs)
+        self.db_group_seconds.observe(seconds)
 
     def count_rpc(self, method: str, code: str, seconds: float) -> None:
         """One served call: its count by (method, code) and its duration. The labelled children are looked

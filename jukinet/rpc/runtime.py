@@ -131,8 +131,8 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
             expected=server_name(config.identity),
             fix=f"jukinet pki renew --dir {config.pki_dir} {config.identity.uri}",
         )
-    store = Store(config.database)
     metrics = NodeMetrics()
+    store = Store(config.database, on_group=metrics.observe_transaction)
     switch = LinkSwitch(config.identity.uri, store.read_sync(load_reason))
     metrics.cut_off.set(1 if switch.cut_off else 0)
     ctx = NodeContext(

@@ -16,6 +16,7 @@ the pool's pre-ping catching a connection the server dropped.
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -46,8 +47,11 @@ _STOP = object()
 class Store:
     """Owns the engine, the writer thread and the reader pool of one node."""
 
-    def __init__(self, url: str, *, max_group: int = 64) -> None:
+    def __init__(self, url: str, *, max_group: int = 64, on_group: Callable[[int, float], None] | None = None) -> None:
+        """`on_group(jobs, seconds)` is called on the writer thread after every transaction it ran (committed
+        or rolled back): how many jobs shared it and how long it took, commit included."""
         self.url = url
+        self._on_group = on_group
         self.engine: Engine = make_engine(url)
         self._max_group = max_group
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -138,7 +142,13 @@ class Store:
                     stop_after = True
                     break
                 group.append(more)
+            started = time.perf_counter()
             self._run_group(group)
+            if self._on_group is not None:
+                try:
+                    self._on_group(len(group), time.perf_counter() - started)
+                except Exception as error:  # a metrics hook must never stop the writer
+                    log.warning("db_group_hook_failed", error=repr(error))
             if stop_after:
                 return
 

@@ -101,6 +101,8 @@ async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
         assert "jukinet_changes_applied_total 2.0" in scraped
         assert f"jukinet_changes_forwarded_total {forwarded}.0" in scraped
         assert "jukinet_outbox_depth 0.0" in scraped
+        assert "jukinet_db_transaction_jobs_count" in scraped  # the writer reports its transactions
+        assert 'jukinet_db_transaction_jobs_bucket{le="1.0"}' in scraped
     assert "jukinet_changes_duplicate_total 1.0" in await asyncio.to_thread(_scrape, net.municipality.metrics_port)
     regs = await net.center.ctx.store.read(lambda c: SqlTx(c).registrations_of([code]))
     record = current_record(regs[code])

@@ -5,6 +5,7 @@ took the next pooled connection per group paid that on nearly every group (jukin
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -63,3 +64,31 @@ async def test_a_failed_commit_gives_the_next_group_a_fresh_connection(store: St
     assert second != first
     stored = await store.read(lambda c: [n for (n,) in c.exec_driver_sql("SELECT n FROM item ORDER BY n")])
     assert stored == [1, 3]  # the failed group left nothing behind
+
+
+async def test_jobs_queued_behind_a_running_one_share_the_next_transaction(tmp_path: Path) -> None:
+    """Group commit, which the streams' read-ahead relies on: jobs submitted while the writer is busy are
+    committed together, in submission order, and the on_group hook sees every transaction's job count."""
+    groups: list[int] = []
+    store = Store(f"sqlite:///{tmp_path / 'node.db'}", on_group=lambda jobs, seconds: groups.append(jobs))
+    release = threading.Event()
+    try:
+        await store.write(lambda c: c.exec_driver_sql("CREATE TABLE item (id INTEGER PRIMARY KEY, n INTEGER)"))
+
+        def blocking(conn: Connection) -> None:
+            release.wait(timeout=10)
+            conn.exec_driver_sql("INSERT INTO item (n) VALUES (0)")
+
+        first = store.submit(blocking)
+        await asyncio.sleep(0.05)  # the writer is now inside the first job
+        queued = [store.submit(_insert_and_see(n)) for n in range(1, 6)]
+        release.set()
+        await first
+        results = await asyncio.gather(*queued)
+        assert len({version for _, version in results}) == 1
+        stored = await store.read(lambda c: [n for (n,) in c.exec_driver_sql("SELECT n FROM item ORDER BY id")])
+        assert stored == [0, 1, 2, 3, 4, 5]
+        assert groups == [1, 1, 5]  # the table, the blocking job, then the five queued behind it together
+    finally:
+        release.set()
+        store.close()
