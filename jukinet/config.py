@@ -45,8 +45,8 @@ class NodeConfig:
     upstream: str = ""
     refill_below: int = 2000
     block_size: int = 5000
-    batch_size: int = 5000
-    window: int = 8
+    batch_size: int = 10_000
+    window: int = 4
     log_level: str = "info"
     agencies: Path | None = None  # center only: the agency registry (TOML)
 
@@ -95,10 +95,10 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f'{path}: a {kind} node needs [upstream] address = "host:port"')
     pool = data.get("codepool", {})
     relay = data.get("relay", {})
-    batch_size = _get(relay, "batch_size", int, f"{path}[relay]", 5000)
-    window = _get(relay, "window", int, f"{path}[relay]", 8)
-    if not 1 <= batch_size <= 5000 or not 1 <= window <= 64:
-        raise ConfigError(f"{path}[relay]: batch_size must be 1–5000 and window 1–64")
+    batch_size = _get(relay, "batch_size", int, f"{path}[relay]", 10_000)
+    window = _get(relay, "window", int, f"{path}[relay]", 4)
+    if not 1 <= batch_size <= 10_000 or not 1 <= window <= 64:
+        raise ConfigError(f"{path}[relay]: batch_size must be 1–10000 and window 1–64")
     return NodeConfig(
         kind=kind,
         code=code,

@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+from sqlalchemy import Connection
 
 from jukinet.domain.errors import CodePoolExhausted, InvalidField
 from jukinet.domain.identity import NodeId, Role
@@ -15,7 +16,7 @@ from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import outcome_to_pb, register_change_from_pb, register_change_or_refusal
 from jukinet.rpc.guard import AlreadyLogged, Call, Guard
-from jukinet.rpc.pipeline import answer_in_order
+from jukinet.rpc.pipeline import StreamWrites, answer_in_order
 from jukinet.services.intake import Accepted, IntakeResult, Outcome, Refused, record_changes
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, Store
@@ -45,13 +46,18 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
     async def _record(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> list[Outcome]:
         return (await self._submit(changes, call)).outcomes
 
-    def _submit(self, changes: Sequence[RegisterChange | Refused], call: CallInfo) -> "asyncio.Future[IntakeResult]":
-        """Queues the changes' transaction with the writer (in call order) and returns its future."""
+    def _submit(
+        self, changes: Sequence[RegisterChange | Refused], call: CallInfo, writes: StreamWrites | None = None
+    ) -> "asyncio.Future[IntakeResult]":
+        """Queues the changes' transaction with the writer (in call order) and returns its future; `writes`:
+        the stream it belongs to, if any (nothing of a stream applies after a failed message)."""
         now = dt.datetime.now(dt.UTC)
         self._metrics.changes_received.inc(len(changes))
-        return self._store.submit(
-            lambda conn: record_changes(SqlTx(conn), self._origin, changes, call, now), after_commit=self._committed
-        )
+
+        def job(conn: Connection) -> IntakeResult:
+            return record_changes(SqlTx(conn), self._origin, changes, call, now)
+
+        return self._store.submit(job if writes is None else writes.job(job), after_commit=self._committed)
 
     def _committed(self, result: IntakeResult) -> None:
         """Runs after the commit even if the register system went away meanwhile: the relay always hears of it."""
@@ -89,11 +95,12 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
     ) -> AsyncIterator[register_pb2.RecordChangesResponse]:
         async with self._guard.call(context, authz.RECORD_CHANGES) as call:
             authz.check_origin(call.caller, self._origin, self._node)
-            async for answer in answer_in_order(request_iterator, partial(self._start_message, call)):
+            writes = StreamWrites()
+            async for answer in answer_in_order(request_iterator, partial(self._start_message, call, writes)):
                 yield answer
 
     def _start_message(
-        self, call: Call, request: register_pb2.RecordChangesRequest
+        self, call: Call, writes: StreamWrites, request: register_pb2.RecordChangesRequest
     ) -> Awaitable[register_pb2.RecordChangesResponse]:
         """Checks one message and queues its write in arrival order; the stream reads the next message
         meanwhile, so messages that arrive together are recorded in one transaction."""
@@ -104,7 +111,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
                 f"{len(request.changes)} changes in one message; the limit is {MAX_CHANGES_PER_MESSAGE}",
             )
         changes = [register_change_or_refusal(pb) for pb in request.changes]
-        return _answer(self._submit(changes, call.info) if changes else None)
+        return _answer(self._submit(changes, call.info, writes) if changes else None)
 
 
 async def _answer(recorded: Awaitable[IntakeResult] | None) -> register_pb2.RecordChangesResponse:

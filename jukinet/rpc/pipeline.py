@@ -12,10 +12,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from sqlalchemy import Connection
+
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
+Result = TypeVar("Result")
 
-DEFAULT_DEPTH = 8
+DEFAULT_DEPTH = 4  # messages started before the first is answered: the senders keep 4 in flight
 
 
 async def answer_in_order(
@@ -64,3 +67,28 @@ async def answer_in_order(
             reading.cancel()
         for answer in pending:
             answer.cancel()
+
+
+class EarlierMessageFailed(Exception):
+    """A stream's write that was not run because an earlier message of the same stream failed."""
+
+
+class StreamWrites:
+    """The writes of one stream's messages, queued ahead (answer_in_order): the writer runs them in order, and
+    once one raises, the later ones raise too without touching the database. So, as when messages were
+    handled one at a time, nothing after a refused message is applied; the stream reports the first error."""
+
+    def __init__(self) -> None:
+        self._failed = False
+
+    def job(self, fn: Callable[[Connection], Result]) -> Callable[[Connection], Result]:
+        def run(conn: Connection) -> Result:
+            if self._failed:  # read and set on the writer thread only: jobs run one after another there
+                raise EarlierMessageFailed("an earlier message of this stream was refused; nothing after it applies")
+            try:
+                return fn(conn)
+            except BaseException:
+                self._failed = True
+                raise
+
+        return run

@@ -17,13 +17,13 @@ from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import relayed_events_from_pb
 from jukinet.rpc.guard import Call, Guard
-from jukinet.rpc.pipeline import answer_in_order
+from jukinet.rpc.pipeline import StreamWrites, answer_in_order
 from jukinet.services.ports import RelayTx
 from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
 from jukinet.storage import SqlTx, Store
 from jukinet.wire.v1 import relay_pb2, relay_pb2_grpc, types_pb2
 
-MAX_BATCH = 5000
+MAX_BATCH = 10_000  # events per relay message: the wire limit (relay.proto)
 
 
 class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
@@ -50,10 +50,13 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[relay_pb2.PushEventsResponse]:
         async with self._guard.call(context, authz.PUSH_EVENTS) as call:
-            async for answer in answer_in_order(request_iterator, partial(self._start_batch, call)):
+            writes = StreamWrites()
+            async for answer in answer_in_order(request_iterator, partial(self._start_batch, call, writes)):
                 yield answer
 
-    def _start_batch(self, call: Call, request: relay_pb2.PushEventsRequest) -> Awaitable[relay_pb2.PushEventsResponse]:
+    def _start_batch(
+        self, call: Call, writes: StreamWrites, request: relay_pb2.PushEventsRequest
+    ) -> Awaitable[relay_pb2.PushEventsResponse]:
         """Validates one batch and queues its write (in arrival order: the writer's queue keeps it); the
         stream reads the next batch meanwhile, so batches that arrive together commit together. Two streams
         of one origin are safe too: each batch checks the cursor inside the writer's transaction."""
@@ -68,7 +71,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         self._metrics.changes_received.inc(len(events))
         now = dt.datetime.now(dt.UTC)
         committed = self._store.submit(
-            partial(self._apply, origin, events, call.info, now),
+            writes.job(partial(self._apply, origin, events, call.info, now)),
             after_commit=partial(self._committed, origin, forward),
         )
         return _acknowledgement(origin, committed)

@@ -86,8 +86,8 @@ hostile_text = st.one_of(st.text(max_size=40), ascii_text, st.sampled_from(POOL)
 hostile_int32 = st.one_of(st.integers(*INT32), st.sampled_from([*INT32, -1, 0, 1, 15, 99]))
 hostile_int64 = st.one_of(st.integers(*INT64), st.sampled_from([*INT64, -1, 0, 1, 2**31, 2**53 + 1]))
 hostile_date = st.one_of(st.sampled_from(DATES), hostile_text)
-# Sizes for repeated fields: small, at and past the 5,000-per-message limit, and 10,000.
-big_count = st.sampled_from([5000, 5001, 6000, 10_000])
+# Sizes for repeated fields: at and past the 5,000-per-message limits, 10,000 (the relay limit) and past it.
+big_count = st.sampled_from([5000, 5001, 6000, 10_000, 10_001])
 
 
 def code(body: int) -> str:

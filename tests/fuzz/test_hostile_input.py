@@ -7,7 +7,7 @@ the municipality on SQLite). Bounded for CI: a few dozen derandomized examples p
 
 The server's receive limit (grpc.max_receive_message_length, 64 MiB) is exercised for real: a message
 just over it costs a fraction of a second on loopback. The per-message limits on repeated fields
-(5,000 changes, events or codes; 1,000 origins) are exercised with up to 10,000 elements.
+(5,000 changes or codes, 10,000 relayed events, 1,000 origins) are exercised with up to 10,001 elements.
 
 Findings of this suite are kept as regression tests (test_finding_*,
 test_undecodable_*); the generated cases still `assume` them away, which can go once each finding's
@@ -712,8 +712,8 @@ async def test_sql_metacharacters_are_stored_and_found_verbatim(net: Net) -> Non
 
 
 async def test_oversized_repeated_fields_refuse_their_whole_message(net: Net) -> None:
-    """10,000 elements (over the 5,000-per-message limits): INVALID_ARGUMENT, and only the messages before
-    it on the stream are kept."""
+    """Just over the per-message limits (5,000 changes or codes, 10,000 relayed events, 1,000 origins) and
+    twice them: INVALID_ARGUMENT, and only the messages before it on the stream are kept."""
     head, _ = await net.read("municipality", _origin_state(MUNICIPALITY))
     register = register_pb2_grpc.RegisterServiceStub(net.ch(REGISTER, "municipality"))
     first = register_pb2.RecordChangesRequest(
@@ -733,10 +733,10 @@ async def test_oversized_repeated_fields_refuse_their_whole_message(net: Net) ->
             origin=origin, events=[event(cursor + 1 + i, hostile.RELAYED_CODES[i]) for i in range(2)]
         )
         big = relay_pb2.PushEventsRequest(
-            origin=origin, events=[event(cursor + 3 + i, hostile.RELAYED_CODES[0]) for i in range(10_000)]
+            origin=origin, events=[event(cursor + 3 + i, hostile.RELAYED_CODES[0]) for i in range(10_001)]
         )
         outcome = await streamed(stub.PushEvents(iter([ok, big]), timeout=60))
-        judge(outcome, f"PushEvents of 10,000 events to {tier}", grpc.StatusCode.INVALID_ARGUMENT)
+        judge(outcome, f"PushEvents of 10,001 events to {tier}", grpc.StatusCode.INVALID_ARGUMENT)
         assert [r.acked_seq for r in outcome.responses] == [cursor + 2]
         assert await net.read(tier, _origin_state(origin)) == (cursor + 2, cursor + 2)
         cursors = relay_pb2.GetCursorsRequest(origins=[origin] * 10_000)

@@ -320,6 +320,32 @@ async def test_replayed_batches_are_idempotent_and_gaps_are_refused(net: Net) ->
     assert (d.count, d.head_seq) == (3, 3)
 
 
+async def test_nothing_after_a_refused_batch_is_applied_though_it_was_read_ahead(net: Net) -> None:
+    """The receiver reads a stream's next batches while the first is written (jukinet/rpc/pipeline.py). A batch
+    the writer refuses stops the stream as before: the batches after it, queued already, are not applied,
+    whether or not they would have been valid on their own, and the cursor stays where the acks left it."""
+    origin = _tokyo_code(102)
+    codes = [resident_code_from_body(f"{n:010d}") for n in range(11, 16)]
+    ok = relay_pb2.PushEventsRequest(origin=origin, events=[event(1, codes[0]), event(2, codes[1])])
+    # Passes the edge checks (each event is valid) but not the writer's: seq 4 does not follow 3.
+    refused = relay_pb2.PushEventsRequest(origin=origin, events=[event(3, codes[2]), event(5, codes[3])])
+    after = relay_pb2.PushEventsRequest(origin=origin, events=[event(3, codes[2]), event(4, codes[4])])
+    async with channel(net.pki, "jukinet://prefecture/13", net.center.address) as ch:
+        stub = relay_pb2_grpc.RelayServiceStub(ch)
+        for _ in range(3):  # the three are usually in the writer's queue together: repeat to catch a race
+            call = stub.PushEvents(iter([ok, refused, after]))
+            first = await call.read()
+            assert isinstance(first, relay_pb2.PushEventsResponse)
+            assert first.acked_seq == 2
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            cursors = await stub.GetCursors(relay_pb2.GetCursorsRequest(origins=[origin]), timeout=5)
+            assert cursors.cursors[0].acked_seq == 2
+    d = await net.center.ctx.store.read(lambda c: queries.digest(c, origin))
+    assert (d.count, d.head_seq) == (2, 2)
+
+
 async def test_every_interleaving_of_a_move_between_municipalities_gives_one_final_state(
     pki_dir: Path, db_factory: Callable[[str], str]
 ) -> None:

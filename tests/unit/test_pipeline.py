@@ -4,10 +4,11 @@ still leave in request order; a failure stops the reading but not the answers al
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import pytest
 
-from jukinet.rpc.pipeline import answer_in_order
+from jukinet.rpc.pipeline import EarlierMessageFailed, StreamWrites, answer_in_order
 
 
 async def _requests(values: list[int], sent: list[int]) -> AsyncIterator[int]:
@@ -116,3 +117,25 @@ async def test_a_failed_answer_is_raised_in_its_turn() -> None:
     with pytest.raises(RuntimeError, match="commit failed"):
         await asyncio.wait_for(collector, timeout=5)
     assert answers == ["one"]
+
+
+def test_a_stream_write_after_a_failed_one_does_not_run() -> None:
+    writes, ran = StreamWrites(), list[int]()
+
+    def record(n: int) -> Callable[[Any], int]:
+        def job(conn: Any) -> int:
+            if n == 2:
+                raise RuntimeError("refused")
+            ran.append(n)
+            return n
+
+        return job
+
+    jobs = [writes.job(record(n)) for n in (1, 2, 3, 4)]
+    assert jobs[0](None) == 1
+    with pytest.raises(RuntimeError, match="refused"):
+        jobs[1](None)
+    for later in jobs[2:]:
+        with pytest.raises(EarlierMessageFailed):
+            later(None)
+    assert ran == [1]

@@ -31,7 +31,7 @@ class PushEventsRequest(_message.Message):
     """The origin municipality's 6-digit local-government code."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChangeEvent]:
-        """Events with consecutive seq numbers (at most 5,000)."""
+        """Events with consecutive seq numbers (at most 10,000)."""
 
     def __init__(
         self,
