@@ -6,9 +6,10 @@ Two measurements in one run, on the same machine and the same records:
 
 ceiling
     The raw cost of ONE hop: a bare grpc.aio bidi stream over mTLS (certificates from jukinet.pki) of
-    PushEventsRequest batches of 2,000 ChangeEvents, into a bare server process that reads every field and
-    writes each batch with ONE sqlite3 executemany INSERT into the `event` table, in one transaction
-    (WAL, synchronous=FULL and the nodes' other pragmas), then acks; 4 batches in flight. With
+    PushEventsRequest batches of ChangeEvents as large as the nodes' relay sends them (jukinet.config
+    RELAY_BATCH, 10,000), into a bare server process that reads every field and writes each batch with ONE
+    sqlite3 executemany INSERT into the `event` table, in one transaction (WAL, synchronous=FULL and the
+    nodes' other pragmas), then acks; as many batches in flight as the relay keeps (RELAY_WINDOW, 4). With
     --preload-center the server writes into a copy of the preloaded center database, so both figures
     are taken at the same database size. Measured in 3 rounds, one before the end-to-end run and two
     after; the ratio uses their median (a round takes seconds, and a neighbour's burst can halve one).
@@ -57,6 +58,7 @@ from jukinet.cli.demo import Operator
 from jukinet.cli.netctl import CENTER, LocalNetwork, NodeProcess
 from jukinet.cli.register_client import is_ok, record_batches
 from jukinet.codes import resident_code_from_body
+from jukinet.config import RELAY_BATCH, RELAY_WINDOW
 from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.model import IdentityItems, Sex
 from jukinet.domain.validate import today_jst
@@ -80,7 +82,7 @@ MUNICIPALITY = NodeId(Role.MUNICIPALITY, "132080")  # 調布市
 PREFECTURE = NodeId(Role.PREFECTURE, "13")  # 東京都
 CEILING_ROUNDS = 3  # one before the network run, the rest after: their median resists a noisy machine
 PRELOAD_ORIGIN = "131016"  # 千代田区: another Tokyo municipality, so its seqs never meet 132080's
-BATCH = 2000
+BATCH = 2000  # the register system's messages (changes per RecordChanges message)
 WINDOW = 4
 POOL_SIZE = 5000
 POLL_S = 0.2
@@ -179,9 +181,9 @@ def relay_batches(
     codes = unique_codes(count, rng)
     now_us = time.time_ns() // 1000
     batches: list[relay_pb2.PushEventsRequest] = []
-    for start in range(0, count, BATCH):
+    for start in range(0, count, RELAY_BATCH):
         events = []
-        for i in range(start, min(start + BATCH, count)):
+        for i in range(start, min(start + RELAY_BATCH, count)):
             person = pool[i % len(pool)]
             recorded = now_us + i
             events.append(
@@ -384,7 +386,7 @@ async def push_ceiling(address: str, pki_dir: Path, batches: Sequence[relay_pb2.
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stub = relay_pb2_grpc.RelayServiceStub(channel)
         queue: asyncio.Queue[relay_pb2.PushEventsRequest | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(WINDOW)
+        slots = asyncio.Semaphore(RELAY_WINDOW)
 
         async def requests() -> AsyncIterator[relay_pb2.PushEventsRequest]:
             while (item := await queue.get()) is not None:
@@ -781,6 +783,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "preload_seconds": round(preload_s, 1),
         "batch": BATCH,
         "window": WINDOW,
+        "relay_batch": RELAY_BATCH,
+        "relay_window": RELAY_WINDOW,
         "logs": logs,
         "machine": machine,
     }
