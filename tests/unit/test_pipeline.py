@@ -4,9 +4,10 @@ still leave in request order; a failure stops the reading but not the answers al
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from sqlalchemy import Connection
 
 from jukinet.rpc.pipeline import EarlierMessageFailed, StreamWrites, answer_in_order
 
@@ -119,6 +120,9 @@ async def test_a_failed_answer_is_raised_in_its_turn() -> None:
     assert answers == ["one"]
 
 
+_NO_CONNECTION = cast("Connection", None)  # the jobs here never touch a database
+
+
 def test_a_stream_write_after_a_failed_one_does_not_run() -> None:
     writes, ran = StreamWrites(), list[int]()
 
@@ -132,10 +136,10 @@ def test_a_stream_write_after_a_failed_one_does_not_run() -> None:
         return job
 
     jobs = [writes.job(record(n)) for n in (1, 2, 3, 4)]
-    assert jobs[0](None) == 1
+    assert jobs[0](_NO_CONNECTION) == 1
     with pytest.raises(RuntimeError, match="refused"):
-        jobs[1](None)
+        jobs[1](_NO_CONNECTION)
     for later in jobs[2:]:
         with pytest.raises(EarlierMessageFailed):
-            later(None)
+            later(_NO_CONNECTION)
     assert ran == [1]
