@@ -16,7 +16,7 @@ from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import outcome_to_pb, register_change_from_pb, register_change_or_refusal
 from jukinet.rpc.guard import AlreadyLogged, Call, Guard
-from jukinet.rpc.pipeline import StreamWrites, answer_in_order
+from jukinet.rpc.pipeline import StreamWrites, writes_in_order
 from jukinet.services.intake import Accepted, IntakeResult, Outcome, Refused, record_changes
 from jukinet.services.relay import CallInfo
 from jukinet.storage import SqlTx, Store
@@ -95,12 +95,11 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
     ) -> AsyncIterator[register_pb2.RecordChangesResponse]:
         async with self._guard.call(context, authz.RECORD_CHANGES) as call:
             authz.check_origin(call.caller, self._origin, self._node)
-            writes = StreamWrites()
-            async for answer in answer_in_order(request_iterator, partial(self._start_message, call, writes)):
+            async for answer in writes_in_order(request_iterator, partial(self._start_message, call)):
                 yield answer
 
     def _start_message(
-        self, call: Call, writes: StreamWrites, request: register_pb2.RecordChangesRequest
+        self, call: Call, request: register_pb2.RecordChangesRequest, writes: StreamWrites
     ) -> Awaitable[register_pb2.RecordChangesResponse]:
         """Checks one message and queues its write in arrival order; the stream reads the next message
         meanwhile, so messages that arrive together are recorded in one transaction."""

@@ -2,9 +2,13 @@
 
 A relay or register stream sends a window of messages before it waits for an answer. Handling them one at a
 time (read, write, wait for the commit, answer, read the next) gives the node's writer one message per
-transaction; reading ahead hands the writer every message that has arrived, and its group commit then writes
-them in one transaction. Four 2,000-event messages in one commit write about a third of the database pages
-that four commits write (random 住民票コード dirty a different index page per row; see bench/relay.py).
+transaction and leaves the event loop idle while it commits; reading ahead validates the next messages
+meanwhile and hands the writer every message that has arrived, and its group commit writes those together
+(random 住民票コード dirty a different index page per row, so fewer, larger commits write fewer pages).
+`jukinet_db_transaction_jobs` shows how much grouping a node gets (README, Benchmark).
+
+`writes_in_order` is the form the servicers use: answer_in_order with the stream's StreamWrites, so a
+message's write never runs after an earlier message of the stream failed.
 """
 
 import asyncio
@@ -92,3 +96,12 @@ class StreamWrites:
                 raise
 
         return run
+
+
+def writes_in_order(
+    requests: AsyncIterator[Request], start: Callable[[Request, StreamWrites], Awaitable[Answer]]
+) -> AsyncIterator[Answer]:
+    """answer_in_order for a stream whose messages each queue a write: `start` gets the stream's StreamWrites
+    and wraps the write it queues with `writes.job`."""
+    writes = StreamWrites()
+    return answer_in_order(requests, lambda request: start(request, writes))

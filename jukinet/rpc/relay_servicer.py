@@ -17,7 +17,7 @@ from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
 from jukinet.rpc.convert import relayed_events_from_pb
 from jukinet.rpc.guard import Call, Guard
-from jukinet.rpc.pipeline import StreamWrites, answer_in_order
+from jukinet.rpc.pipeline import StreamWrites, writes_in_order
 from jukinet.services.ports import RelayTx
 from jukinet.services.relay import BatchOutcome, CallInfo, apply_batch
 from jukinet.storage import SqlTx, Store
@@ -50,12 +50,11 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[relay_pb2.PushEventsResponse]:
         async with self._guard.call(context, authz.PUSH_EVENTS) as call:
-            writes = StreamWrites()
-            async for answer in answer_in_order(request_iterator, partial(self._start_batch, call, writes)):
+            async for answer in writes_in_order(request_iterator, partial(self._start_batch, call)):
                 yield answer
 
     def _start_batch(
-        self, call: Call, writes: StreamWrites, request: relay_pb2.PushEventsRequest
+        self, call: Call, request: relay_pb2.PushEventsRequest, writes: StreamWrites
     ) -> Awaitable[relay_pb2.PushEventsResponse]:
         """Validates one batch and queues its write (in arrival order: the writer's queue keeps it); the
         stream reads the next batch meanwhile, so batches that arrive together commit together. Two streams

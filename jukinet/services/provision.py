@@ -160,7 +160,8 @@ def bulk_lookup(
         regs = tx.registrations_of(valid)
     else:
         rows = tx.registration_rows_of(valid)
-        regs = tx.registrations_of([c for c in valid if _single_active(rows.get(c)) is None])
+        # Domain objects only for codes with rows the shortcut cannot take (unknown codes have none to read).
+        regs = tx.registrations_of([c for c, found in rows.items() if _single_active(found) is None])
     results: list[BulkItem] = []
     provided: list[str] = []  # the current code of each record provided
     chains: list[tuple[int, list[str]]] = []  # (index in results, codes walked) of each provided record

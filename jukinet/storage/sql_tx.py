@@ -235,13 +235,10 @@ class SqlTx:
 
     def registrations_of(self, codes: Iterable[str]) -> dict[str, list[Registration]]:
         """Every municipality's registration of each code (the agency hot path: driver-level query)."""
-        found: dict[str, list[Registration]] = {}
-        for chunk in in_chunks(codes):
-            sql = _SELECT_REGISTRATIONS + _marks(len(chunk)) + ")"
-            for values in self._fetchall(sql, tuple(chunk)):
-                reg = rows.registration_from_tuple(values)
-                found.setdefault(reg.resident_code, []).append(reg)
-        return found
+        return {
+            code: [rows.registration_from_tuple(values) for values in stored]
+            for code, stored in self.registration_rows_of(codes).items()
+        }
 
     def registration_rows_of(self, codes: Iterable[str]) -> dict[str, list[RegistrationRow]]:
         """registrations_of as stored rows (REGISTRATION_COLUMNS order), no domain objects: bulk lookups."""
