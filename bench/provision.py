@@ -20,9 +20,14 @@ bare
     installed, see jukinet/rpc/event_loop.py), answering every call with one fixed LookupResidentResponse of
     the same shape as the center's. Measured in the same run, right
     before each center measurement at the same concurrency: the ceiling `unary_ratio` divides by.
-    At concurrency 16 the pair (bare, then center) is measured --rounds times (3), interleaved, and
-    `unary_ratio` is the median of the paired ratios (this VM's speed drifts by 10-15 % between
-    measurements); `p99_ms` is the worst round's. The bench client and the server share the machine's
+
+headline (`unary_ratio`, `p99_ms`)
+    Concurrency 16 again, --rounds times (3). In each round bare and center take turns in slices of 0.5 s
+    (bare, center, center, bare, ...) until each has had --seconds; a round's ratio is the center's calls
+    per second over the bare handler's, each over its own slices. `unary_ratio` is the median round's,
+    `p99_ms` the worst round's. Why slices: this VM's speed drifts by 10-30 % within seconds, and two
+    back-to-back windows of several seconds each (how earlier versions of this bench paired them) gave
+    round ratios from 0.40 to 0.64 for one build on one afternoon. The bench client and the server share the machine's
     vCPUs, so `cpu_bound_ratio` (bare CPU per call over the center's, server + client, median round) is
     the most `unary_ratio` could be with every vCPU busy; `cpu_busy` says how busy they were.
 
@@ -90,6 +95,7 @@ AGENCY = NodeId(Role.AGENCY, "pension")
 PURPOSE = "pension-proof-of-life"  # name, birth_date, address; no history
 CONCURRENCIES = (1, 16, 64)
 HEADLINE_CONCURRENCY = 16
+SLICE_S = 0.5  # headline rounds alternate bare and center this often
 WARMUP_CALLS = 200
 CALL_TIMEOUT_S = 10.0
 BULK_BATCH = 2000
@@ -313,6 +319,55 @@ async def measure_unary(
     return result
 
 
+async def measure_sliced(
+    bare: tuple[Target, grpc.aio.Channel],
+    center: tuple[Target, grpc.aio.Channel],
+    codes: Sequence[str],
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> tuple[Unary, Unary]:
+    """Bare and center at HEADLINE_CONCURRENCY in alternating slices of SLICE_S, --seconds in all for each,
+    in A B B A order: both see the same machine, and a steady drift weighs on both alike. Calls, time,
+    latencies and CPU add up over a target's slices; a slice ends when its time is up and its calls in
+    flight have been answered (that tail counts in its time)."""
+    pool = [
+        provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=code)
+        for code in rng.choices(codes, k=max(args.calls, 20_000))
+    ]
+    results: dict[str, Unary] = {}
+    threads_before = thread_cpu_seconds(center[0].pid)
+    slices = max(2, round(args.seconds / SLICE_S))
+    for index in range(slices):
+        for target, channel in (bare, center) if index % 2 == 0 else (center, bare):
+            result = results.setdefault(target.name, Unary(target.name, HEADLINE_CONCURRENCY))
+            start = rng.randrange(len(pool))
+            requests = pool[start:] + pool[:start]
+            server_before, client_before = cpu_seconds(target.pid), own_cpu_seconds()
+            started = time.perf_counter()
+            calls = await asyncio.wait_for(
+                unary_round(
+                    provision_pb2_grpc.ProvisionServiceStub(channel), requests, HEADLINE_CONCURRENCY, SLICE_S, result
+                ),
+                timeout=SLICE_S + 2 * CALL_TIMEOUT_S,
+            )
+            result.seconds += time.perf_counter() - started
+            result.server_cpu_s += cpu_seconds(target.pid) - server_before
+            result.client_cpu_s += own_cpu_seconds() - client_before
+            result.calls += calls
+            target.answered += calls
+    real = results[center[0].name]
+    real.server_threads = thread_split(center[0].pid, threads_before, thread_cpu_seconds(center[0].pid))
+    for name in (bare[0].name, center[0].name):
+        u = results[name]
+        data = u.as_dict()
+        say(
+            f"  {name:>6} c={HEADLINE_CONCURRENCY:<3} {u.per_s:>8,.0f} calls/s  p50 {data['p50_ms']} ms"
+            f"  p99 {data['p99_ms']} ms  ({u.calls:,} calls in {slices} slices,"
+            f" server CPU {data['server_cpu_us_per_call']} µs/call)"
+        )
+    return results[bare[0].name], real
+
+
 @dataclass
 class Bulk:
     target: str
@@ -510,14 +565,12 @@ async def measure(
         for concurrency in CONCURRENCIES:
             for target, channel in ((bare, to_bare), (server, to_center)):
                 unary[target.name][concurrency] = await measure_unary(channel, target, codes, concurrency, args, rng)
-        # The headline pair again, (rounds - 1) more times, interleaved: this VM's speed drifts by 10-15 %
-        # between measurements, and the median of paired ratios is far steadier than one pair.
-        headline = [(unary["bare"][HEADLINE_CONCURRENCY], unary["center"][HEADLINE_CONCURRENCY])]
-        for round_no in range(2, args.rounds + 1):
-            say(f"  headline round {round_no}/{args.rounds} (c={HEADLINE_CONCURRENCY})")
-            bare_round = await measure_unary(to_bare, bare, codes, HEADLINE_CONCURRENCY, args, rng)
-            center_round = await measure_unary(to_center, server, codes, HEADLINE_CONCURRENCY, args, rng)
-            headline.append((bare_round, center_round))
+        # The headline pair, measured --rounds times in alternating short slices (see measure_sliced): this
+        # VM's speed drifts by 10-30 % within seconds, so two back-to-back windows compare unlike conditions.
+        headline = []
+        for round_no in range(1, args.rounds + 1):
+            say(f"  headline round {round_no}/{args.rounds} (c={HEADLINE_CONCURRENCY}, {SLICE_S:g}s slices in turn)")
+            headline.append(await measure_sliced((bare, to_bare), (server, to_center), codes, args, rng))
         say(f"bulk lookups: {args.bulk:,} codes in messages of {BULK_BATCH:,}, {BULK_WINDOW} in flight")
         for target, channel in ((bare, to_bare), (server, to_center)):
             bulk[target.name] = await measure_bulk(channel, target, codes, args.bulk, rng)
@@ -665,7 +718,8 @@ def print_summary(result: dict[str, Any]) -> None:
             f" ratio {r['ratio']}, center p99 {r['center_p99_ms']} ms"
         )
     print(
-        f"  unary_ratio (c={HEADLINE_CONCURRENCY}, median of {len(result['headline_rounds'])} interleaved rounds)"
+        f"  unary_ratio (c={HEADLINE_CONCURRENCY}, median of {len(result['headline_rounds'])} rounds of alternating"
+        f" {SLICE_S:g}s slices)"
         f" {result['unary_ratio']}  (target ≥ {TARGET_RATIO}, p99 {result['p99_ms']} ms, target < {TARGET_P99_MS:g} ms)"
     )
     busy = result["cpu_busy"]
@@ -716,7 +770,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="time limit per unary measurement (10)")
     parser.add_argument("--calls", type=int, default=None, help="call limit per unary measurement (20,000)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved bare/center pairs at concurrency 16; the median ratio counts"
+        "--rounds",
+        type=int,
+        default=3,
+        help="headline rounds at concurrency 16 (bare and center in turns); the median ratio counts",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None, help="run folder (default: a new temporary one)")
