@@ -298,25 +298,41 @@ async def measure_unary(
     result = Unary(target.name, concurrency)
     timed = requests(args.calls)
     threads_before = thread_cpu_seconds(target.pid) if target.name == "center" else {}
-    server_before, client_before = cpu_seconds(target.pid), own_cpu_seconds()
-    started = time.perf_counter()
-    result.calls = await asyncio.wait_for(
-        unary_round(stub, timed, concurrency, args.seconds, result), timeout=args.seconds + 2 * CALL_TIMEOUT_S
-    )
-    result.seconds = time.perf_counter() - started
-    result.server_cpu_s = cpu_seconds(target.pid) - server_before
-    result.client_cpu_s = own_cpu_seconds() - client_before
+    await timed_round(stub, target, timed, args.seconds, result)
     if threads_before:
         result.server_threads = thread_split(target.pid, threads_before, thread_cpu_seconds(target.pid))
-    target.answered += result.calls
+    report(result)
+    return result
+
+
+async def timed_round(
+    stub: provision_pb2_grpc.ProvisionServiceAsyncStub,
+    target: Target,
+    requests: Sequence[provision_pb2.LookupResidentRequest],
+    seconds: float,
+    result: Unary,
+) -> None:
+    """One unary_round at result.concurrency, added to `result`: its calls, time, latencies and CPU."""
+    server_before, client_before = cpu_seconds(target.pid), own_cpu_seconds()
+    started = time.perf_counter()
+    calls = await asyncio.wait_for(
+        unary_round(stub, requests, result.concurrency, seconds, result), timeout=seconds + 2 * CALL_TIMEOUT_S
+    )
+    result.seconds += time.perf_counter() - started
+    result.server_cpu_s += cpu_seconds(target.pid) - server_before
+    result.client_cpu_s += own_cpu_seconds() - client_before
+    result.calls += calls
+    target.answered += calls
+
+
+def report(result: Unary, how: str = "") -> None:
     data = result.as_dict()
     errors = f", errors {dict(result.errors)}" if result.errors else ""
     say(
-        f"  {target.name:>6} c={concurrency:<3} {result.per_s:>8,.0f} calls/s  p50 {data['p50_ms']} ms"
-        f"  p99 {data['p99_ms']} ms  ({result.calls:,} calls, server CPU {data['server_cpu_us_per_call']} µs/call"
-        f"{errors})"
+        f"  {result.target:>6} c={result.concurrency:<3} {result.per_s:>8,.0f} calls/s  p50 {data['p50_ms']} ms"
+        f"  p99 {data['p99_ms']} ms  ({result.calls:,} calls{how}, server CPU {data['server_cpu_us_per_call']}"
+        f" µs/call{errors})"
     )
-    return result
 
 
 async def measure_sliced(
@@ -334,38 +350,21 @@ async def measure_sliced(
         provision_pb2.LookupResidentRequest(purpose=PURPOSE, resident_code=code)
         for code in rng.choices(codes, k=max(args.calls, 20_000))
     ]
-    results: dict[str, Unary] = {}
-    threads_before = thread_cpu_seconds(center[0].pid)
+    turns = [
+        (target, provision_pb2_grpc.ProvisionServiceStub(channel), Unary(target.name, HEADLINE_CONCURRENCY))
+        for target, channel in (bare, center)
+    ]
+    center_target, _, real = turns[1]
+    threads_before = thread_cpu_seconds(center_target.pid)
     slices = max(2, round(args.seconds / SLICE_S))
     for index in range(slices):
-        for target, channel in (bare, center) if index % 2 == 0 else (center, bare):
-            result = results.setdefault(target.name, Unary(target.name, HEADLINE_CONCURRENCY))
+        for target, stub, result in turns if index % 2 == 0 else turns[::-1]:
             start = rng.randrange(len(pool))
-            requests = pool[start:] + pool[:start]
-            server_before, client_before = cpu_seconds(target.pid), own_cpu_seconds()
-            started = time.perf_counter()
-            calls = await asyncio.wait_for(
-                unary_round(
-                    provision_pb2_grpc.ProvisionServiceStub(channel), requests, HEADLINE_CONCURRENCY, SLICE_S, result
-                ),
-                timeout=SLICE_S + 2 * CALL_TIMEOUT_S,
-            )
-            result.seconds += time.perf_counter() - started
-            result.server_cpu_s += cpu_seconds(target.pid) - server_before
-            result.client_cpu_s += own_cpu_seconds() - client_before
-            result.calls += calls
-            target.answered += calls
-    real = results[center[0].name]
-    real.server_threads = thread_split(center[0].pid, threads_before, thread_cpu_seconds(center[0].pid))
-    for name in (bare[0].name, center[0].name):
-        u = results[name]
-        data = u.as_dict()
-        say(
-            f"  {name:>6} c={HEADLINE_CONCURRENCY:<3} {u.per_s:>8,.0f} calls/s  p50 {data['p50_ms']} ms"
-            f"  p99 {data['p99_ms']} ms  ({u.calls:,} calls in {slices} slices,"
-            f" server CPU {data['server_cpu_us_per_call']} µs/call)"
-        )
-    return results[bare[0].name], real
+            await timed_round(stub, target, pool[start:] + pool[:start], SLICE_S, result)
+    real.server_threads = thread_split(center_target.pid, threads_before, thread_cpu_seconds(center_target.pid))
+    for _, _, result in turns:
+        report(result, f" in {slices} slices")
+    return turns[0][2], real
 
 
 @dataclass
