@@ -74,4 +74,5 @@ def build(ctx: NodeContext) -> NodeParts:
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ],
         tasks=[checkpointer.run, indexer.run, code_checker.run],
+        close=[provision.close],
     )

@@ -39,6 +39,7 @@ from jukinet.services.quota import Quotas, RateWatch
 from jukinet.storage import Store
 from jukinet.storage.batcher import WriteBatcher
 from jukinet.storage.center_tx import CenterTx
+from jukinet.storage.loop_batcher import LoopBatcher
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 
 log = structlog.get_logger(__name__)
@@ -68,7 +69,15 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         self._registry = registry
         self._quotas = quotas
         self._new_events = new_events
-        self._lookups: WriteBatcher[LookupRequest, Provided] = WriteBatcher(store, _look_up, finish=_log_lookups)
+        through_writer: WriteBatcher[LookupRequest, Provided] = WriteBatcher(store, _look_up, finish=_log_lookups)
+        self._lookups: WriteBatcher[LookupRequest, Provided] | LoopBatcher[LookupRequest, Provided] = through_writer
+        if store.dialect == "sqlite":  # see jukinet.storage.loop_batcher
+            self._lookups = LoopBatcher(store, _look_up, finish=_log_lookups, fallback=through_writer)
+
+    async def close(self) -> None:
+        """After the server has stopped: lookups still grouped on the event loop are committed."""
+        if isinstance(self._lookups, LoopBatcher):
+            self._lookups.close()
 
     def _grant(self, call: Call, purpose_id: str, items: int = 1) -> tuple[Agency, Purpose]:
         agency, purpose = self._registry.purpose_for(call.caller, purpose_id)

@@ -114,6 +114,16 @@ class Store:
             conn.rollback()
             return result
 
+    def report_group(self, jobs: int, seconds: float) -> None:
+        """Passes one committed or rolled-back transaction to the `on_group` hook: the writer's, and those
+        a LoopBatcher runs on the event loop."""
+        if self._on_group is None:
+            return
+        try:
+            self._on_group(jobs, seconds)
+        except Exception as error:  # a metrics hook must never stop a writer
+            log.warning("db_group_hook_failed", error=repr(error))
+
     def close(self) -> None:
         self._jobs.put(_STOP)
         self._writer.join(timeout=30)
@@ -144,11 +154,7 @@ class Store:
                 group.append(more)
             started = time.perf_counter()
             self._run_group(group)
-            if self._on_group is not None:
-                try:
-                    self._on_group(len(group), time.perf_counter() - started)
-                except Exception as error:  # a metrics hook must never stop the writer
-                    log.warning("db_group_hook_failed", error=repr(error))
+            self.report_group(len(group), time.perf_counter() - started)
             if stop_after:
                 return
 
@@ -188,7 +194,13 @@ class Store:
             return
         if self._connection is None or self._connection.closed or self._connection.invalidated:
             self._drop_connection()
-            self._connection = self.engine.connect()
+            connection = self.engine.connect()
+            # Out of the pool, so that its flag never reaches a reader: BEGIN IMMEDIATE (jukinet.storage.engine),
+            # as a LoopBatcher's connection writes too, and a transaction that read first and then wrote would
+            # fail on a snapshot the other's commit had made stale.
+            connection.detach()
+            connection.info["immediate"] = True
+            self._connection = connection
         yield self._connection
 
     def _drop_connection(self) -> None:

@@ -1,0 +1,199 @@
+"""LoopBatcher on a real SQLite store: calls within the linger share one transaction run on the event loop,
+each caller is answered after its commit, the writer thread takes over while it holds the write lock, and
+a failed group fails its own calls only."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, text
+
+from jukinet.storage import Store
+from jukinet.storage.batcher import WriteBatcher
+from jukinet.storage.loop_batcher import LoopBatcher
+
+
+class Odd(Exception):
+    pass
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'loop.db'}")
+    await store.write(lambda c: c.exec_driver_sql("CREATE TABLE IF NOT EXISTS item (n INTEGER PRIMARY KEY)"))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class Recorder:
+    """Batch and finish functions that insert their items and remember which thread ran each group."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.groups: list[list[int]] = []
+        self.threads: list[str] = []
+        self.finished: list[list[int]] = []
+        self.fail_on = fail_on
+
+    def run(self, conn: Connection, items: Sequence[int]) -> list[int | Exception]:
+        self.groups.append(list(items))
+        self.threads.append(threading.current_thread().name)
+        if self.fail_on in items:
+            raise RuntimeError("the database refused the group")
+        return [Odd(f"{n} is odd") if n % 2 else n * 10 for n in items]
+
+    def finish(self, conn: Connection, items: Sequence[int], results: Sequence[int | Exception]) -> None:
+        self.finished.append(list(items))
+        conn.execute(text("INSERT INTO item (n) VALUES (:n)"), [{"n": n} for n in items])
+
+
+def batcher_for(store: Store, rec: Recorder, **options: float) -> LoopBatcher[int, int]:
+    fallback: WriteBatcher[int, int] = WriteBatcher(store, rec.run, finish=rec.finish)
+    return LoopBatcher(store, rec.run, finish=rec.finish, fallback=fallback, **options)  # type: ignore[arg-type]
+
+
+async def stored(store: Store) -> list[int]:
+    return await store.read(lambda c: sorted(c.execute(text("SELECT n FROM item")).scalars()))
+
+
+async def test_calls_within_the_linger_share_one_transaction_on_the_event_loop(store: Store) -> None:
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.05)
+    results = await asyncio.gather(*(batcher.submit(n) for n in range(6)), return_exceptions=True)
+    assert rec.groups == [list(range(6))]
+    assert rec.threads == [threading.current_thread().name]  # the event loop's thread, not the writer's
+    assert [r if isinstance(r, int) else str(r) for r in results] == [0, "1 is odd", 20, "3 is odd", 40, "5 is odd"]
+    assert await stored(store) == list(range(6))
+    assert batcher.groups == 1
+    batcher.close()
+
+
+async def test_a_caller_is_answered_only_once_its_group_is_committed(store: Store) -> None:
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.01)
+    seen: list[list[int]] = []
+
+    async def call(n: int) -> None:
+        await batcher.submit(n)
+        seen.append(await stored(store))  # another connection, right after the answer
+
+    await asyncio.gather(call(2), call(4), call(6))
+    assert seen == [[2, 4, 6]] * 3
+    batcher.close()
+
+
+async def test_a_lone_caller_switches_to_prompt_groups(store: Store) -> None:
+    """A linger that gathers fewer than min_group calls only delayed them: for quiet_s, each call is
+    flushed on the next turn of the loop instead of waiting for company."""
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.02, min_group=3, quiet_s=60.0)
+    assert await batcher.submit(2) == 20  # alone: the linger ran out with one call
+    first = asyncio.ensure_future(batcher.submit(4))
+    await asyncio.sleep(0)  # the next turn of the loop flushes it
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(batcher.submit(6))
+    assert list(await asyncio.gather(first, second)) == [40, 60]
+    assert rec.groups == [[2], [4], [6]]
+    batcher.close()
+
+
+async def test_while_the_writer_holds_the_lock_the_group_goes_through_the_writer(store: Store) -> None:
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.01)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO item (n) VALUES (100)"))  # the writer's transaction holds the lock
+        inside.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(store.write(hold))
+    while not inside.is_set():
+        await asyncio.sleep(0.005)
+    calls = asyncio.gather(*(batcher.submit(n) for n in (2, 4)))
+    await asyncio.sleep(0.1)  # the group found the lock taken and was handed over
+    assert not calls.done()
+    release.set()
+    await held
+    assert await calls == [20, 40]
+    assert batcher.handed_over == 2
+    assert set(rec.threads) == {"db-write"}
+    assert await stored(store) == [2, 4, 100]
+    assert await batcher.submit(8) == 80  # and the loop takes the next group again
+    assert rec.threads[-1] == threading.current_thread().name
+    batcher.close()
+
+
+async def test_a_failed_group_fails_its_own_calls_and_rolls_back(store: Store) -> None:
+    rec = Recorder(fail_on=13)
+    batcher = batcher_for(store, rec, linger_s=0.01)
+    doomed = await asyncio.gather(batcher.submit(12), batcher.submit(13), return_exceptions=True)
+    assert [str(d) for d in doomed] == ["the database refused the group"] * 2
+    assert await batcher.submit(14) == 140
+    assert await stored(store) == [14]
+    batcher.close()
+
+
+async def test_callers_who_gave_up_are_left_out_of_the_group(store: Store) -> None:
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.05)
+    gave_up = asyncio.ensure_future(batcher.submit(2))
+    stays = asyncio.ensure_future(batcher.submit(4))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    assert await stays == 40
+    assert rec.finished == [[4]]
+    assert await stored(store) == [4]
+    batcher.close()
+
+
+async def test_close_commits_what_waits_and_later_calls_use_the_writer(store: Store) -> None:
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=60.0)
+    waiting = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    batcher.close()
+    assert await waiting == 20
+    assert await batcher.submit(4) == 40
+    assert rec.threads == [threading.current_thread().name, "db-write"]
+
+
+async def test_readers_never_inherit_the_writers_immediate_begin(store: Store) -> None:
+    """The loop's and the writer's connections begin with BEGIN IMMEDIATE and never return to the pool: a
+    reader started while the writer holds the lock reads at once (a reader with IMMEDIATE would wait)."""
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.01)
+    assert await batcher.submit(2) == 20
+    batcher.close()  # its connection is closed, not handed back to the pool
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO item (n) VALUES (100)"))
+        inside.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(store.write(hold))
+    while not inside.is_set():
+        await asyncio.sleep(0.005)
+    try:
+        reads = [await asyncio.wait_for(stored(store), timeout=5) for _ in range(4)]  # every pooled reader
+    finally:
+        release.set()
+        await held
+    assert reads == [[2]] * 4
+
+
+async def test_only_sqlite(tmp_path: Path, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs the PostgreSQL store")
+    store = Store(database_url)
+    try:
+        with pytest.raises(ValueError, match="SQLite"):
+            LoopBatcher(store, Recorder().run, finish=Recorder().finish, fallback=WriteBatcher(store, Recorder().run))
+    finally:
+        store.close()
