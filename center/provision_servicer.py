@@ -23,6 +23,7 @@ from jukinet.rpc.guard import Call, Guard
 from jukinet.services.provision import (
     BulkItem,
     FeedDelivery,
+    Looked,
     LookupRequest,
     Provided,
     bulk_lookup,
@@ -69,8 +70,8 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         self._registry = registry
         self._quotas = quotas
         self._new_events = new_events
-        through_writer: WriteBatcher[LookupRequest, Provided] = WriteBatcher(store, _look_up, finish=_log_lookups)
-        self._lookups: WriteBatcher[LookupRequest, Provided] | LoopBatcher[LookupRequest, Provided] = through_writer
+        through_writer: WriteBatcher[LookupRequest, Looked] = WriteBatcher(store, _look_up, finish=_log_lookups)
+        self._lookups: WriteBatcher[LookupRequest, Looked] | LoopBatcher[LookupRequest, Looked] = through_writer
         if store.dialect == "sqlite":  # see jukinet.storage.loop_batcher
             self._lookups = LoopBatcher(store, _look_up, finish=_log_lookups, fallback=through_writer)
 
@@ -99,9 +100,12 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             agency, purpose = self._grant(call, request.purpose)
             code = resident_code("resident_code", request.resident_code)
             now = dt.datetime.now(dt.UTC)
-            provided = await self._lookups.submit(LookupRequest(agency, purpose, code, call.info, now))
+            found = await self._lookups.submit(LookupRequest(agency, purpose, code, call.info, now))
             response = provision_pb2.LookupResidentResponse()
-            fill_record(response.record, provided)
+            if isinstance(found, Provided):
+                fill_record(response.record, found)
+            else:
+                fill_record_from_row(response.record, found, purpose.fields)
             return response
         raise AssertionError("unreachable")
 
@@ -246,11 +250,11 @@ def _consume(future: "asyncio.Future[Any]") -> None:
         future.exception()
 
 
-def _look_up(conn: Connection, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
+def _look_up(conn: Connection, requests: Sequence[LookupRequest]) -> list[Looked | JukinetError]:
     return look_up(CenterTx(conn), requests)
 
 
-def _log_lookups(conn: Connection, requests: Sequence[LookupRequest], results: Sequence[Provided | Exception]) -> None:
+def _log_lookups(conn: Connection, requests: Sequence[LookupRequest], results: Sequence[Looked | Exception]) -> None:
     log_lookups(CenterTx(conn), requests, results)
 
 

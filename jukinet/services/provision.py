@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from jukinet.domain.agency import Agency, Purpose
 from jukinet.domain.errors import InconsistentRecords, InvalidField, JukinetError, NotFoundError, SearchTooBroad
@@ -81,6 +81,11 @@ class BulkItem:
     row: RegistrationRow | None = None
 
 
+# A lookup's answer: a record provided, or (the common case, see look_up) the code's only registration,
+# active, as stored: the current record, with no history to add.
+Looked: TypeAlias = Provided | RegistrationRow
+
+
 @dataclass(frozen=True, slots=True)
 class FeedDelivery:
     seq: int
@@ -106,13 +111,24 @@ class LookupRequest:
     now: dt.datetime
 
 
-def look_up(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided | JukinetError]:
+def look_up(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Looked | JukinetError]:
     """The records for many callers' lookups (concurrent calls share one transaction), read only: one result
     per request, in order. A code that is not found (or whose records are inconsistent) is that request's
-    error. The writer logs them all with log_lookups before the commit that precedes any answer."""
-    regs = tx.registrations_of({r.code for r in requests})
-    results: list[Provided | JukinetError] = []
+    error. The writer logs them all with log_lookups before the commit that precedes any answer.
+
+    As in bulk_lookup, a code whose only registration is active is answered with that stored row when the
+    purpose has no history (the common case); only the others are read as domain objects."""
+    rows = tx.registration_rows_of({r.code for r in requests})
+    with_history = {r.code for r in requests if "history" in r.purpose.fields}
+    others = [c for c, found in rows.items() if c in with_history or _single_active(found) is None]
+    regs = tx.registrations_of(others) if others else {}
+    results: list[Looked | JukinetError] = []
     for r in requests:
+        if r.code not in with_history:
+            row = _single_active(rows.get(r.code))
+            if row is not None:
+                results.append(row)
+                continue
         try:
             record, chain = current_by_code(tx, r.code, regs)
         except (NotFoundError, InconsistentRecords) as error:
@@ -123,7 +139,7 @@ def look_up(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Provided
     return results
 
 
-def log_lookups(tx: ProvisionTx, requests: Sequence[LookupRequest], results: Sequence[Provided | Exception]) -> None:
+def log_lookups(tx: ProvisionTx, requests: Sequence[LookupRequest], results: Sequence[Looked | Exception]) -> None:
     """Each record provided is one provision entry and one access entry of its own call, written before any
     answer leaves; a refused lookup writes nothing here (the guard logs the refusal)."""
     provisions: list[ProvisionEntry] = []
@@ -131,7 +147,7 @@ def log_lookups(tx: ProvisionTx, requests: Sequence[LookupRequest], results: Seq
     for r, result in zip(requests, results, strict=True):
         if isinstance(result, Exception):
             continue
-        code = result.record.resident_code
+        code = result.record.resident_code if isinstance(result, Provided) else result[0]
         provisions.append(_provision(r.now, r.call, r.agency, r.purpose, code, "lookup"))
         accesses.append(_access(r.call, r.now, r.purpose, [r.code, code], "OK"))
     tx.append_provisions(provisions)
