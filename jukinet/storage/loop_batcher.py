@@ -11,9 +11,15 @@ Grouping. The loop blocks for a transaction's statements and its fsync, so each 
 The first call that finds no group waiting starts a `linger_s` timer; every call until it fires joins the
 group (or `max_items` of them flush it at once). With linger 0 a group held about one call and lookups/s
 fell by 14 %; with 5 ms groups held 4-7 calls at concurrency 16 and the center answered 20-30 % more
-lookups per second than through the writer thread. A caller alone pays the linger without any gain, so a
-timer that fires with fewer than `min_group` calls switches to prompt mode for `quiet_s`: each call is
-flushed on the next turn of the loop, as before.
+lookups per second than through the writer thread. But with 5 ms the center sat idle half the time at
+concurrency 16 (bench/provision.py: 50 % of the vCPUs busy against 92 % for the bare handler, p50 8-10 ms,
+of which the linger was 5): 16 callers in flight are latency-bound. 2 ms gave 0.461-0.479 of the bare
+handler against 0.448-0.460 for 5 ms in interleaved --quick runs (2026-12-02), with lower worst p99s.
+
+A caller alone pays the linger without any gain, so a timer that fires with fewer than `min_group` calls
+switches to prompt mode for at most `quiet_s`: each call is flushed on the next turn of the loop. The first
+such flush that finds company (`min_group` calls or more) ends prompt mode, so a short lull under load does
+not leave 50 ms of one-call transactions behind it. A lone sequential caller: 550-580 lookups/s.
 
 Sharing the database with the writer thread. Both connections begin with BEGIN IMMEDIATE (the writer's
 flag is set in Store), so neither reads a snapshot that the other's commit then makes stale. The loop
@@ -38,9 +44,9 @@ from jukinet.storage.store import Store
 
 log = structlog.get_logger(__name__)
 
-LINGER_S = 0.005
+LINGER_S = 0.002
 MAX_ITEMS = 64
-MIN_GROUP = 3
+MIN_GROUP = 2
 QUIET_S = 0.05
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
@@ -124,6 +130,8 @@ class LoopBatcher(Generic[I, O]):
         self._pending = []
         if not taken:
             return
+        if len(taken) >= self.min_group:  # company again: the next group lingers for it
+            self._prompt_until = 0.0
         items = [item for item, _ in taken]
         started = time.perf_counter()
         try:

@@ -102,6 +102,22 @@ async def test_a_lone_caller_switches_to_prompt_groups(store: Store) -> None:
     batcher.close()
 
 
+async def test_prompt_mode_ends_when_a_flush_finds_company(store: Store) -> None:
+    """Under load a lull can leave one call alone in a linger; the first prompt flush that takes min_group
+    calls or more switches lingering back on, long before quiet_s."""
+    rec = Recorder()
+    batcher = batcher_for(store, rec, linger_s=0.02, min_group=2, quiet_s=60.0)
+    assert await batcher.submit(2) == 20  # alone: prompt mode
+    assert list(await asyncio.gather(batcher.submit(4), batcher.submit(6))) == [40, 60]  # one prompt flush, two calls
+    first = asyncio.ensure_future(batcher.submit(8))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # in prompt mode this turn would have flushed it alone
+    second = asyncio.ensure_future(batcher.submit(10))
+    assert list(await asyncio.gather(first, second)) == [80, 100]
+    assert rec.groups == [[2], [4, 6], [8, 10]]  # the last two lingered together
+    batcher.close()
+
+
 async def test_while_the_writer_holds_the_lock_the_group_goes_through_the_writer(store: Store) -> None:
     rec = Recorder()
     batcher = batcher_for(store, rec, linger_s=0.01)
