@@ -73,7 +73,10 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         through_writer: WriteBatcher[LookupRequest, Looked] = WriteBatcher(store, _look_up, finish=_log_lookups)
         self._lookups: WriteBatcher[LookupRequest, Looked] | LoopBatcher[LookupRequest, Looked] = through_writer
         if store.dialect == "sqlite":  # see jukinet.storage.loop_batcher
-            self._lookups = LoopBatcher(store, _look_up, finish=_log_lookups, fallback=through_writer)
+            on_flush = None if metrics is None else metrics.observe_lookup_group
+            self._lookups = LoopBatcher(
+                store, _look_up, finish=_log_lookups, fallback=through_writer, on_flush=on_flush
+            )
 
     async def close(self) -> None:
         """After the server has stopped: lookups still grouped on the event loop are committed."""

@@ -113,12 +113,32 @@ class NodeMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.lookup_group_calls = Histogram(
+            "jukinet_lookup_transaction_calls",
+            "Agency lookups answered by one transaction on the center's event loop (SQLite): group commit of"
+            " unary lookups at work. _count is the number of such transactions.",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.lookups_handed_over = Counter(
+            "jukinet_lookups_handed_to_writer",
+            "Agency lookups queued behind the writer thread because it held the write lock when their group"
+            " was due (a relay group, the provision indexer): each waited for that writer job.",
+            registry=r,
+        )
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe_transaction(self, jobs: int, seconds: float) -> None:
         """One writer transaction (Store's on_group hook; runs on the writer thread)."""
         self.db_group_jobs.observe(jobs)
         self.db_group_seconds.observe(seconds)
+
+    def observe_lookup_group(self, committed: int, handed_over: int) -> None:
+        """One group of unary lookups (LoopBatcher's on_flush hook; runs on the event loop)."""
+        if committed:
+            self.lookup_group_calls.observe(committed)
+        if handed_over:
+            self.lookups_handed_over.inc(handed_over)
 
     def count_rpc(self, method: str, code: str, seconds: float) -> None:
         """One served call: its count by (method, code) and its duration. The labelled children are looked

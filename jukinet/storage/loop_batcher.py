@@ -64,7 +64,10 @@ class LoopBatcher(Generic[I, O]):
         min_group: int = MIN_GROUP,
         quiet_s: float = QUIET_S,
         clock: Callable[[], float] = time.monotonic,
+        on_flush: Callable[[int, int], None] | None = None,
     ) -> None:
+        """`on_flush(committed, handed_over)` is told, for each group, how many calls its transaction on the
+        loop answered and how many went to the writer thread instead (one of the two is 0)."""
         if store.dialect != "sqlite":
             raise ValueError("LoopBatcher runs SQLite transactions on the event loop; use WriteBatcher elsewhere")
         self._store = store
@@ -76,6 +79,7 @@ class LoopBatcher(Generic[I, O]):
         self.min_group = min_group
         self.quiet_s = quiet_s
         self._clock = clock
+        self._on_flush = on_flush
         self._connection: Connection | None = None
         self._pending: list[tuple[I, asyncio.Future[O]]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -139,6 +143,7 @@ class LoopBatcher(Generic[I, O]):
         except _WriterBusy:
             for item, future in taken:
                 self._hand_over(item, future)
+            self._report(0, len(taken))
             return
         except Exception as error:
             log.error("loop_transaction_failed", error=repr(error), calls=len(items))
@@ -148,6 +153,7 @@ class LoopBatcher(Generic[I, O]):
             return
         self.groups += 1
         self._store.report_group(1, time.perf_counter() - started)
+        self._report(len(taken), 0)
         for (_, future), result in zip(taken, results, strict=True):
             if future.done():
                 continue
@@ -155,6 +161,14 @@ class LoopBatcher(Generic[I, O]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    def _report(self, committed: int, handed_over: int) -> None:
+        if self._on_flush is None:
+            return
+        try:
+            self._on_flush(committed, handed_over)
+        except Exception as error:  # a metrics hiccup must not fail calls already committed
+            log.warning("loop_batcher_report_failed", error=repr(error))
 
     def _transact(self, items: list[I]) -> "list[O | Exception]":
         conn = self._connect()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, text
 
+from jukinet.observability.metrics import NodeMetrics
 from jukinet.storage import Store
 from jukinet.storage.batcher import WriteBatcher
 from jukinet.storage.loop_batcher import LoopBatcher
@@ -52,9 +53,24 @@ class Recorder:
         conn.execute(text("INSERT INTO item (n) VALUES (:n)"), [{"n": n} for n in items])
 
 
-def batcher_for(store: Store, rec: Recorder, **options: float) -> LoopBatcher[int, int]:
+def batcher_for(
+    store: Store, rec: Recorder, metrics: NodeMetrics | None = None, **options: float
+) -> LoopBatcher[int, int]:
     fallback: WriteBatcher[int, int] = WriteBatcher(store, rec.run, finish=rec.finish)
-    return LoopBatcher(store, rec.run, finish=rec.finish, fallback=fallback, **options)  # type: ignore[arg-type]
+    on_flush = None if metrics is None else metrics.observe_lookup_group
+    return LoopBatcher(
+        store,
+        rec.run,
+        finish=rec.finish,
+        fallback=fallback,
+        on_flush=on_flush,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def sample(metrics: NodeMetrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
 
 
 async def stored(store: Store) -> list[int]:
@@ -63,13 +79,16 @@ async def stored(store: Store) -> list[int]:
 
 async def test_calls_within_the_linger_share_one_transaction_on_the_event_loop(store: Store) -> None:
     rec = Recorder()
-    batcher = batcher_for(store, rec, linger_s=0.05)
+    metrics = NodeMetrics()
+    batcher = batcher_for(store, rec, metrics, linger_s=0.05)
     results = await asyncio.gather(*(batcher.submit(n) for n in range(6)), return_exceptions=True)
     assert rec.groups == [list(range(6))]
     assert rec.threads == [threading.current_thread().name]  # the event loop's thread, not the writer's
     assert [r if isinstance(r, int) else str(r) for r in results] == [0, "1 is odd", 20, "3 is odd", 40, "5 is odd"]
     assert await stored(store) == list(range(6))
     assert batcher.groups == 1
+    assert sample(metrics, "jukinet_lookup_transaction_calls_count") == 1
+    assert sample(metrics, "jukinet_lookup_transaction_calls_sum") == 6  # six calls in that one transaction
     batcher.close()
 
 
@@ -120,7 +139,8 @@ async def test_prompt_mode_ends_when_a_flush_finds_company(store: Store) -> None
 
 async def test_while_the_writer_holds_the_lock_the_group_goes_through_the_writer(store: Store) -> None:
     rec = Recorder()
-    batcher = batcher_for(store, rec, linger_s=0.01)
+    metrics = NodeMetrics()
+    batcher = batcher_for(store, rec, metrics, linger_s=0.01)
     inside, release = threading.Event(), threading.Event()
 
     def hold(conn: Connection) -> None:
@@ -142,6 +162,10 @@ async def test_while_the_writer_holds_the_lock_the_group_goes_through_the_writer
     assert await stored(store) == [2, 4, 100]
     assert await batcher.submit(8) == 80  # and the loop takes the next group again
     assert rec.threads[-1] == threading.current_thread().name
+    # operators see both: two calls queued behind the writer, one transaction of one call on the loop
+    assert sample(metrics, "jukinet_lookups_handed_to_writer_total") == 2
+    assert sample(metrics, "jukinet_lookup_transaction_calls_count") == 1
+    assert sample(metrics, "jukinet_lookup_transaction_calls_sum") == 1
     batcher.close()
 
 
