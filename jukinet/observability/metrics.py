@@ -9,6 +9,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64)  # buckets of the group-commit histograms
+
 
 @dataclass
 class NodeMetrics:
@@ -105,7 +107,7 @@ class NodeMetrics:
             "Jobs (a relay or register message, a group of agency lookups, ...) committed together in one"
             " transaction by the node's writer: group commit at work. _count is the number of transactions.",
             registry=r,
-            buckets=(1, 2, 4, 8, 16, 32, 64),
+            buckets=GROUP_SIZES,
         )
         self.db_group_seconds = Histogram(
             "jukinet_db_transaction_seconds",
@@ -118,7 +120,7 @@ class NodeMetrics:
             "Agency lookups answered by one transaction on the center's event loop (SQLite): group commit of"
             " unary lookups at work. _count is the number of such transactions.",
             registry=r,
-            buckets=(1, 2, 4, 8, 16, 32, 64),
+            buckets=GROUP_SIZES,
         )
         self.lookups_handed_over = Counter(
             "jukinet_lookups_handed_to_writer",
