@@ -105,10 +105,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             now = dt.datetime.now(dt.UTC)
             found = await self._lookups.submit(LookupRequest(agency, purpose, code, call.info, now))
             response = provision_pb2.LookupResidentResponse()
-            if isinstance(found, Provided):
-                fill_record(response.record, found)
-            else:
-                fill_record_from_row(response.record, found, purpose.fields)
+            fill_looked(response.record, found, purpose.fields)
             return response
         raise AssertionError("unreachable")
 
@@ -319,6 +316,14 @@ def provided_to_pb(provided: Provided) -> provision_pb2.ProvidedRecord:
     record = provision_pb2.ProvidedRecord()
     fill_record(record, provided)
     return record
+
+
+def fill_looked(target: provision_pb2.ProvidedRecord, found: Looked, fields: frozenset[str]) -> None:
+    """A unary lookup's answer (look_up's result: a record provided, or the stored row of the shortcut)."""
+    if isinstance(found, Provided):
+        fill_record(target, found)
+    else:
+        fill_record_from_row(target, found, fields)
 
 
 def fill_record_from_row(target: provision_pb2.ProvidedRecord, row: RegistrationRow, fields: frozenset[str]) -> None:

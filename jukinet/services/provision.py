@@ -118,17 +118,20 @@ def look_up(tx: ProvisionTx, requests: Sequence[LookupRequest]) -> list[Looked |
 
     As in bulk_lookup, a code whose only registration is active is answered with that stored row when the
     purpose has no history (the common case); only the others are read as domain objects."""
-    rows = tx.registration_rows_of({r.code for r in requests})
     with_history = {r.code for r in requests if "history" in r.purpose.fields}
-    others = [c for c, found in rows.items() if c in with_history or _single_active(found) is None]
+    plain = {r.code for r in requests} - with_history  # a code also asked with history takes the domain path
+    rows = tx.registration_rows_of(plain) if plain else {}
+    shortcut = {c: row for c, found in rows.items() if (row := _single_active(found)) is not None}
+    # Domain objects for the codes with history and those the shortcut cannot take (a plain code without rows
+    # is unknown: nothing to read).
+    others = with_history | (rows.keys() - shortcut.keys())
     regs = tx.registrations_of(others) if others else {}
     results: list[Looked | JukinetError] = []
     for r in requests:
-        if r.code not in with_history:
-            row = _single_active(rows.get(r.code))
-            if row is not None:
-                results.append(row)
-                continue
+        row = shortcut.get(r.code)
+        if row is not None:
+            results.append(row)
+            continue
         try:
             record, chain = current_by_code(tx, r.code, regs)
         except (NotFoundError, InconsistentRecords) as error:
@@ -147,7 +150,7 @@ def log_lookups(tx: ProvisionTx, requests: Sequence[LookupRequest], results: Seq
     for r, result in zip(requests, results, strict=True):
         if isinstance(result, Exception):
             continue
-        code = result.record.resident_code if isinstance(result, Provided) else result[0]
+        code = result.record.resident_code if isinstance(result, Provided) else r.code  # a row is r.code's own
         provisions.append(_provision(r.now, r.call, r.agency, r.purpose, code, "lookup"))
         accesses.append(_access(r.call, r.now, r.purpose, [r.code, code], "OK"))
     tx.append_provisions(provisions)

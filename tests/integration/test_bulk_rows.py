@@ -1,7 +1,8 @@
-"""Bulk lookups answer a code whose only registration is active straight from the stored row (BulkItem.row).
-That shortcut must give exactly the answer the domain path (current_by_code over Registration objects) gives,
-and the same provision and access entries, whatever the registrations are: checked against the domain path
-on random registration sets, on SQLite and PostgreSQL."""
+"""Bulk and unary lookups answer a code whose only registration is active straight from the stored row
+(BulkItem.row; look_up's RegistrationRow) when the purpose asks no history. That shortcut must give exactly
+the answer the domain path (current_by_code over Registration objects) gives, and the same provision and
+access entries, whatever the registrations are: checked against the domain path on random registration
+sets, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, text
 
-from center.provision_servicer import _bulk_response
+from center.provision_servicer import _bulk_response, fill_looked
 from jukinet.codes import resident_code_from_body
 from jukinet.domain.agency import Agency, Purpose
 from jukinet.domain.errors import InvalidField
-from jukinet.domain.model import RegistrationRow
+from jukinet.domain.model import EventRow, RegistrationRow
 from jukinet.services import provision
-from jukinet.services.provision import bulk_lookup
+from jukinet.services.provision import LookupRequest, bulk_lookup, log_lookups, look_up
 from jukinet.services.relay import CallInfo
 from jukinet.storage import make_engine
 from jukinet.storage.center_tx import CenterTx
+from jukinet.wire.v1 import provision_pb2
 
 CODES = [resident_code_from_body(f"{n:010d}") for n in range(100, 112)]
 MUNICIPALITIES = ("132080", "132187", "012084")
@@ -123,6 +125,54 @@ def test_the_row_shortcut_answers_as_the_domain_path_does(
             tx = CenterTx(conn)
             tx.upsert_registration_rows(rows)
             answers.append(_answer(tx, fields, asked))
+    assert answers[0] == answers[1]
+
+
+def _unary_answers(
+    tx: CenterTx, asked: list[tuple[str, frozenset[str]]]
+) -> tuple[list[bytes], list[tuple[object, ...]]]:
+    """One group of unary lookups, as the servicer answers and logs them."""
+    purposes = {fields: Purpose(f"p{n}", "確認", fields) for n, fields in enumerate(FIELD_SETS_UNARY)}
+    agency = Agency("pension", "年金機構", {p.id: p for p in purposes.values()})
+    requests = [LookupRequest(agency, purposes[fields], code, CALL, NOW) for code, fields in asked]
+    results = look_up(tx, requests)
+    log_lookups(tx, requests, results)
+    answers = []
+    for request, result in zip(requests, results, strict=True):
+        record = provision_pb2.ProvidedRecord()
+        if isinstance(result, Exception):
+            answers.append(type(result).__name__.encode())
+            continue
+        fill_looked(record, result, request.purpose.fields)
+        answers.append(record.SerializeToString(deterministic=True))
+    provisions = tx.conn.execute(text("SELECT resident_code, fields, channel FROM provision_log ORDER BY id"))
+    accesses = tx.conn.execute(text("SELECT subjects, outcome FROM access_log ORDER BY id"))
+    return answers, [tuple(row) for row in (*provisions, *accesses)]
+
+
+FIELD_SETS_UNARY = (*FIELD_SETS, frozenset({"name", "address", "history"}))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=registrations(), data=st.data())
+def test_unary_lookups_answer_from_rows_as_the_domain_path_does(
+    engine: Engine, rows: list[RegistrationRow], data: st.DataObject
+) -> None:
+    """A group mixes purposes with and without history, and may ask for the same code under both."""
+    asked = data.draw(
+        st.lists(st.tuples(st.sampled_from(CODES), st.sampled_from(FIELD_SETS_UNARY)), min_size=1, max_size=12)
+    )
+    # one recorded event per registration, so that a purpose with history has something to show
+    events = [
+        EventRow(r[1], n, r[0], "", r[3], r[4], r[5], r[8], r[9], r[10], r[11], r[12]) for n, r in enumerate(rows, 1)
+    ]
+    answers = []
+    for enabled in (True, False):
+        with _rolled_back(engine) as conn, _shortcut(enabled):
+            tx = CenterTx(conn)
+            tx.upsert_registration_rows(rows)
+            tx.insert_event_rows(events)
+            answers.append(_unary_answers(tx, asked))
     assert answers[0] == answers[1]
 
 
