@@ -152,14 +152,15 @@ class Store:
                     stop_after = True
                     break
                 group.append(more)
-            started = time.perf_counter()
             self._run_group(group)
-            self.report_group(len(group), time.perf_counter() - started)
             if stop_after:
                 return
 
     def _run_group(self, group: list[_Job]) -> None:
+        """Runs and commits one group, reports it to `on_group`, then answers its jobs (so a caller that has
+        its answer finds its transaction already counted)."""
         outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
         try:
             with self._connect() as conn, conn.begin():
                 for job in group:
@@ -179,6 +180,7 @@ class Store:
             log.error("db_commit_failed", error=repr(error), jobs=len(group))
             outcomes = [(False, error) for _ in group]
             self._drop_connection()  # the next group starts on a fresh connection
+        self.report_group(len(group), time.perf_counter() - started)
         for job, (ok, value) in zip(group, outcomes, strict=True):
             if ok:
                 job.loop.call_soon_threadsafe(_committed, job, value)
