@@ -29,7 +29,9 @@ headline (`unary_ratio`, `p99_ms`)
     back-to-back windows of several seconds each (how earlier versions of this bench paired them) gave
     round ratios from 0.40 to 0.64 for one build on one afternoon. The bench client and the server share the machine's
     vCPUs, so `cpu_bound_ratio` (bare CPU per call over the center's, server + client, median round) is
-    the most `unary_ratio` could be with every vCPU busy; `cpu_busy` says how busy they were.
+    the most `unary_ratio` could be with every vCPU busy; `cpu_busy` says how busy they were. The bench
+    client runs with the nodes' garbage-collector settings (jukinet.rpc.runtime.tune_gc), so that its own
+    full collections do not show up as latency of the server under test.
 
 bulk
     ProvisionService.LookupResidents: one bidi stream, the purpose in the first message, --bulk codes
@@ -87,6 +89,7 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.validate import today_jst
 from jukinet.pki import SECURE_SERVER_OPTIONS, ensure, paths_for, server_credentials, slug
 from jukinet.rpc import event_loop
+from jukinet.rpc.runtime import tune_gc
 from jukinet.wire.v1 import provision_pb2, provision_pb2_grpc, types_pb2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -598,6 +601,10 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     codes = load_codes(center_db)
     if len(codes) != args.preload:
         raise RuntimeError(f"the center holds {len(codes):,} active registrations, expected {args.preload:,}")
+    # The bench client collects garbage as the nodes do (tune_gc: what exists now is frozen, gen 0 every
+    # 20,000 allocations). With Python's defaults its full collections walked the million codes held here and
+    # stopped every call in flight for 40-50 ms, the bare handler's and the center's alike (2026-12-02).
+    tune_gc()
 
     bare_process = start_bare_server(net.pki_dir)
     try:

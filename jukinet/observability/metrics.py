@@ -128,12 +128,29 @@ class NodeMetrics:
             " was due (a relay group, the provision indexer): each waited for that writer job.",
             registry=r,
         )
+        self.wal_pending_frames = Gauge(
+            "jukinet_wal_pending_frames",
+            "SQLite: WAL frames not yet copied into the database file after the last checkpoint (a few hundred at"
+            " most under load; growing without end means a long-lived reader keeps checkpoints from finishing).",
+            registry=r,
+        )
+        self.wal_checkpoint_seconds = Histogram(
+            "jukinet_wal_checkpoint_seconds",
+            "SQLite: time one WAL checkpoint took on the node's checkpoint thread (off every commit's path).",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe_transaction(self, jobs: int, seconds: float) -> None:
         """One writer transaction (Store's on_group hook; runs on the writer thread)."""
         self.db_group_jobs.observe(jobs)
         self.db_group_seconds.observe(seconds)
+
+    def observe_checkpoint(self, pending_frames: int, seconds: float) -> None:
+        """One WAL checkpoint (from Store's on_checkpoint hook; runs on the checkpoint thread)."""
+        self.wal_pending_frames.set(pending_frames)
+        self.wal_checkpoint_seconds.observe(seconds)
 
     def observe_lookup_group(self, committed: int, handed_over: int) -> None:
         """One group of unary lookups (LoopBatcher's on_flush hook; runs on the event loop)."""

@@ -132,7 +132,11 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
             fix=f"jukinet pki renew --dir {config.pki_dir} {config.identity.uri}",
         )
     metrics = NodeMetrics()
-    store = Store(config.database, on_group=metrics.observe_transaction)
+    store = Store(
+        config.database,
+        on_group=metrics.observe_transaction,
+        on_checkpoint=lambda done: metrics.observe_checkpoint(done.pending, done.seconds),
+    )
     switch = LinkSwitch(config.identity.uri, store.read_sync(load_reason))
     metrics.cut_off.set(1 if switch.cut_off else 0)
     ctx = NodeContext(

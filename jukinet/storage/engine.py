@@ -9,7 +9,8 @@ from sqlalchemy.engine import make_url
 from jukinet.storage.schema import metadata
 
 # Every connection of a node: WAL with synchronous=FULL (an acknowledged change survives a power loss), a
-# 128 MiB page cache, rare checkpoints (they rewrite every page, see STACK-LIMITS.md), and reads through a
+# 128 MiB page cache, rare automatic checkpoints (they rewrite every page, see STACK-LIMITS.md; a Store copies
+# the WAL ahead of them on a thread of its own, jukinet.storage.wal_checkpointer), and reads through a
 # memory map of up to 1 GiB: agency lookups touch random pages of a million-row table, and a mapped page is
 # read without a system call and a copy per page.
 SQLITE_PRAGMAS = (
@@ -18,23 +19,25 @@ SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=10000",
     "PRAGMA cache_size=-131072",
-    "PRAGMA wal_autocheckpoint=10000",
     "PRAGMA mmap_size=1073741824",
     "PRAGMA temp_store=MEMORY",
 )
+AUTOCHECKPOINT_PAGES = 10_000
 
 
-def make_engine(url: str, *, create_schema: bool = True) -> Engine:
+def make_engine(url: str, *, create_schema: bool = True, autocheckpoint_pages: int = AUTOCHECKPOINT_PAGES) -> Engine:
     """An engine for a node database; creates the tables when missing.
 
     SQLite runs in WAL mode with synchronous=FULL: an acknowledged change survives a process kill
-    and a power loss. pysqlite's implicit transactions are turned off so that BEGIN/SAVEPOINT are ours."""
+    and a power loss. pysqlite's implicit transactions are turned off so that BEGIN/SAVEPOINT are ours.
+    A commit that leaves `autocheckpoint_pages` or more in the WAL checkpoints it (SQLite's
+    wal_autocheckpoint)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, pool_size=4, max_overflow=4, connect_args={"check_same_thread": False})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, autocheckpoint_pages)
     else:
         engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
     if create_schema:
@@ -42,13 +45,14 @@ def make_engine(url: str, *, create_schema: bool = True) -> Engine:
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, autocheckpoint_pages: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
+        cursor.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint_pages}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

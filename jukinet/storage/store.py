@@ -25,8 +25,10 @@ from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import make_url
 
-from jukinet.storage.engine import make_engine
+from jukinet.storage.engine import AUTOCHECKPOINT_PAGES, make_engine
+from jukinet.storage.wal_checkpointer import CheckpointResult, WalCheckpointer
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -47,12 +49,31 @@ _STOP = object()
 class Store:
     """Owns the engine, the writer thread and the reader pool of one node."""
 
-    def __init__(self, url: str, *, max_group: int = 64, on_group: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_group: int = 64,
+        on_group: Callable[[int, float], None] | None = None,
+        on_checkpoint: Callable[[CheckpointResult], None] | None = None,
+        autocheckpoint_pages: int = AUTOCHECKPOINT_PAGES,
+    ) -> None:
         """`on_group(jobs, seconds)` is called on the writer thread after every transaction it ran (committed
-        or rolled back): how many jobs shared it and how long it took, commit included."""
+        or rolled back): how many jobs shared it and how long it took, commit included. On SQLite a thread of
+        its own copies the WAL into the database file ahead of the commit that checkpoints it every
+        `autocheckpoint_pages` (jukinet.storage.wal_checkpointer); `on_checkpoint` is told the outcome of each
+        of its checkpoints, on that thread."""
         self.url = url
         self._on_group = on_group
-        self.engine: Engine = make_engine(url)
+        database = make_url(url).database
+        file_backed = make_url(url).get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+        self.engine: Engine = make_engine(url, autocheckpoint_pages=autocheckpoint_pages)
+        self.checkpointer: WalCheckpointer | None = None
+        if file_backed:
+            self.checkpointer = WalCheckpointer(
+                self.engine, autocheckpoint_pages=autocheckpoint_pages, on_checkpoint=on_checkpoint
+            )
+            self.checkpointer.start()
         self._max_group = max_group
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-read")
@@ -128,6 +149,8 @@ class Store:
         self._jobs.put(_STOP)
         self._writer.join(timeout=30)
         self._readers.shutdown(wait=True)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
     def _write_loop(self) -> None:

@@ -104,6 +104,13 @@ async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
         assert "jukinet_db_transaction_jobs_count" in scraped  # the writer reports its transactions
         assert 'jukinet_db_transaction_jobs_bucket{le="1.0"}' in scraped
     assert "jukinet_changes_duplicate_total 1.0" in await asyncio.to_thread(_scrape, net.municipality.metrics_port)
+
+    async def checkpointed() -> bool:  # SQLite: the checkpoint thread reports every checkpoint it ran
+        scraped = await asyncio.to_thread(_scrape, net.municipality.metrics_port)
+        counts = [line for line in scraped.splitlines() if line.startswith("jukinet_wal_checkpoint_seconds_count")]
+        return bool(counts) and float(counts[0].split()[-1]) >= 1 and "jukinet_wal_pending_frames 0.0" in scraped
+
+    await eventually(checkpointed)
     regs = await net.center.ctx.store.read(lambda c: SqlTx(c).registrations_of([code]))
     record = current_record(regs[code])
     assert record is not None
