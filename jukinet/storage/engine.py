@@ -13,16 +13,17 @@ from jukinet.storage.schema import metadata
 # the WAL ahead of them on a thread of its own, jukinet.storage.wal_checkpointer), and reads through a
 # memory map of up to 1 GiB: agency lookups touch random pages of a million-row table, and a mapped page is
 # read without a system call and a copy per page.
+AUTOCHECKPOINT_PAGES = 10_000
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=10000",
     "PRAGMA cache_size=-131072",
+    f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}",
     "PRAGMA mmap_size=1073741824",
     "PRAGMA temp_store=MEMORY",
 )
-AUTOCHECKPOINT_PAGES = 10_000
 
 
 def make_engine(url: str, *, create_schema: bool = True, autocheckpoint_pages: int = AUTOCHECKPOINT_PAGES) -> Engine:
@@ -52,7 +53,8 @@ def _configure_sqlite(engine: Engine, autocheckpoint_pages: int) -> None:
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
-        cursor.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint_pages}")
+        if autocheckpoint_pages != AUTOCHECKPOINT_PAGES:
+            cursor.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint_pages}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -65,8 +65,8 @@ class Store:
         of its checkpoints, on that thread."""
         self.url = url
         self._on_group = on_group
-        database = make_url(url).database
-        file_backed = make_url(url).get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+        parsed = make_url(url)
+        file_backed = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
         self.engine: Engine = make_engine(url, autocheckpoint_pages=autocheckpoint_pages)
         self.checkpointer: WalCheckpointer | None = None
         if file_backed:

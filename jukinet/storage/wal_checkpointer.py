@@ -43,9 +43,10 @@ BUSY_INTERVAL_S = 0.02  # once the WAL is half way to the commit's own checkpoin
 
 @dataclass(frozen=True, slots=True)
 class CheckpointResult:
-    wal_frames: int  # frames in the WAL when the checkpoint ended (small again once it has restarted)
+    wal_frames: int  # frames in the WAL when the checkpoint ended (small again once it has restarted; 0 if busy)
     copied_frames: int  # of those, how many are now in the database file
     seconds: float
+    busy: bool = False  # another connection was checkpointing: nothing was done, the counts are unknown
 
     @property
     def pending(self) -> int:
@@ -84,6 +85,8 @@ class WalCheckpointer:
         return self._thread.is_alive()
 
     def start(self) -> None:
+        with self._lock:
+            self._connect()  # now, while a relative database path means what it meant to the engine's caller
         self._thread.start()
 
     def stop(self) -> None:
@@ -93,17 +96,22 @@ class WalCheckpointer:
         self._drop_connection()
 
     def checkpoint_now(self) -> CheckpointResult:
-        """One PASSIVE checkpoint, on the calling thread."""
+        """One PASSIVE checkpoint, on the calling thread. `busy`: another connection was checkpointing (a
+        commit's own automatic checkpoint), so this one did nothing; it is not reported to `on_checkpoint`."""
         with self._lock:
+            if self._stop.is_set():
+                raise RuntimeError("this WalCheckpointer was stopped")
             started = time.perf_counter()
-            row = self._connect().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            result = CheckpointResult(max(0, int(row[1])), max(0, int(row[2])), time.perf_counter() - started)
+            busy, frames, copied = self._connect().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            result = CheckpointResult(
+                max(0, int(frames)), max(0, int(copied)), time.perf_counter() - started, busy=bool(busy)
+            )
             self.checkpoints += 1
-        if self._on_checkpoint is not None:
-            try:
-                self._on_checkpoint(result)
-            except Exception as error:  # a metrics hook must never stop checkpoints
-                log.warning("wal_checkpoint_hook_failed", error=repr(error))
+            if self._on_checkpoint is not None and not result.busy:
+                try:
+                    self._on_checkpoint(result)  # under the lock: reports arrive in the order they were taken
+                except Exception as error:  # a metrics hook must never stop checkpoints
+                    log.warning("wal_checkpoint_hook_failed", error=repr(error))
         return result
 
     def _connect(self) -> sqlite3.Connection:
@@ -124,13 +132,16 @@ class WalCheckpointer:
             try:
                 done = self.checkpoint_now()
             except Exception as error:  # a damaged file, a full disk: say so once, keep trying
+                if self._stop.is_set():
+                    return
                 if not failing:
                     log.error("wal_checkpoint_failed", error=repr(error))
                 failing = True
                 self._drop_connection()
                 wait = self.interval_s
                 continue
-            wait = self.busy_interval_s if done.wal_frames >= self.busy_from_frames else self.interval_s
+            large = done.busy or done.wal_frames >= self.busy_from_frames  # busy: a commit is checkpointing
+            wait = self.busy_interval_s if large else self.interval_s
             if failing:
                 log.info("wal_checkpoint_recovered")
                 failing = False
