@@ -10,6 +10,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64)  # buckets of the group-commit histograms
+DB_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)  # a transaction, a checkpoint
 
 
 @dataclass
@@ -113,7 +114,7 @@ class NodeMetrics:
             "jukinet_db_transaction_seconds",
             "Time the node's writer spent on one transaction, commit (and its fsync) included.",
             registry=r,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=DB_SECONDS,
         )
         self.lookup_group_calls = Histogram(
             "jukinet_lookup_transaction_calls",
@@ -130,15 +131,15 @@ class NodeMetrics:
         )
         self.wal_pending_frames = Gauge(
             "jukinet_wal_pending_frames",
-            "SQLite: WAL frames not yet copied into the database file after the last checkpoint (a few hundred at"
-            " most under load; growing without end means a long-lived reader keeps checkpoints from finishing).",
+            "SQLite: WAL frames not yet copied into the database file after the last checkpoint (what commits added"
+            " meanwhile; growing without end means a long-lived reader keeps checkpoints from finishing).",
             registry=r,
         )
         self.wal_checkpoint_seconds = Histogram(
             "jukinet_wal_checkpoint_seconds",
             "SQLite: time one WAL checkpoint took on the node's checkpoint thread (off every commit's path).",
             registry=r,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=DB_SECONDS,
         )
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
