@@ -154,13 +154,21 @@ def test_a_checkpoint_that_finds_another_one_running_says_so(tmp_path: Path) -> 
         # A FULL checkpoint takes the checkpoint lock, then waits for the write lock: held here, so the
         # other connection sits inside its checkpoint until the writer commits.
         writer.execute("BEGIN IMMEDIATE")
-        running = threading.Thread(target=lambda: other.execute("PRAGMA wal_checkpoint(FULL)").fetchall())
-        running.start()
-        time.sleep(0.2)  # by now it holds the checkpoint lock and waits for the writer (10 s busy timeout)
-        assert running.is_alive()
-        done = checkpointer.checkpoint_now()
+        done = None
+        for _attempt in range(5):
+            running = threading.Thread(target=lambda: other.execute("PRAGMA wal_checkpoint(FULL)").fetchall())
+            running.start()
+            while running.is_alive():  # it holds the checkpoint lock while it waits (10 s busy timeout)
+                time.sleep(0.05)
+                done = checkpointer.checkpoint_now()
+                if done.busy:
+                    break
+            if done is not None and done.busy:
+                break
+            running.join()  # ours took the lock first and the other one gave up at once: again
         writer.execute("COMMIT")
         running.join()
+        assert done is not None
         assert done.busy
         assert (done.wal_frames, done.copied_frames) == (0, 0)
         assert not any(r.busy for r in reported)
