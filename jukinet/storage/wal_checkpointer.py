@@ -78,7 +78,6 @@ class WalCheckpointer:
         self._proxied: PoolProxiedConnection | None = None
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one checkpoint at a time: the thread's, or checkpoint_now's
-        self.checkpoints = 0
 
     @property
     def running(self) -> bool:
@@ -106,7 +105,6 @@ class WalCheckpointer:
             result = CheckpointResult(
                 max(0, int(frames)), max(0, int(copied)), time.perf_counter() - started, busy=bool(busy)
             )
-            self.checkpoints += 1
             if self._on_checkpoint is not None and not result.busy:
                 try:
                     self._on_checkpoint(result)  # under the lock: reports arrive in the order they were taken
