@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.relay import (
-    CODEPOOL_CONFIG,
     MUNICIPALITY,
     POOL_SIZE,
     PREFECTURE,
@@ -272,7 +271,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     audits: list[dict[str, Any]] = []
     for index, mode in enumerate(order):
         folder = root / f"{index}-{mode}"
-        net = BenchNetwork(folder, extra_config=CODEPOOL_CONFIG, mode=mode, every=args.every, interval_s=args.interval)
+        net = BenchNetwork(folder, mode=mode, every=args.every, interval_s=args.interval)
         net.prepare_pki([CENTER, PREFECTURE, MUNICIPALITY])
         say(f"round {index + 1}/{len(order)}: {mode}")
         try:

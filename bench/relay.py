@@ -92,7 +92,12 @@ CEILING_LIMIT_S = 10 * 60
 START_LIMIT_S = 120.0
 PRELOAD_TXN_ROWS = 10_000
 PRELOAD_BLOCK = 100_000  # codes per synthetic code_block row of the preload
-CODEPOOL_CONFIG = "\n[codepool]\nrefill_below = 150000\nblock_size = 100000\n"  # 200k codes before the run
+CODE_BLOCK = 100_000  # the center's largest block (center/codepool.py MAX_BLOCK)
+RUN_REFILL_BELOW = 1000
+
+
+def codepool_config(refill_below: int) -> str:
+    return f"\n[codepool]\nrefill_below = {refill_below}\nblock_size = {CODE_BLOCK}\n"
 POOL_EXHAUSTED = "CODE_POOL_EXHAUSTED"
 SCRIPT = Path(__file__).resolve()
 
@@ -517,11 +522,11 @@ class Progress:
     center_head: int = 0
 
 
-async def wait_for_codes(op: Operator, node: NodeProcess) -> int:
+async def wait_for_codes(op: Operator, node: NodeProcess, at_least: int) -> int:
     deadline = time.monotonic() + START_LIMIT_S
     while True:
         free = (await op.status(node)).free_codes
-        if free > 0:
+        if free >= at_least:
             return int(free)
         if time.monotonic() > deadline:
             raise RuntimeError(f"{node.identity.uri} got no code pool within {START_LIMIT_S:.0f}s; see {node.log}")
@@ -639,9 +644,19 @@ async def run_network(
 ) -> dict[str, Any]:
     center = net.start(CENTER, timeout=START_LIMIT_S)
     prefecture = net.start(PREFECTURE, upstream=center.listen, timeout=START_LIMIT_S)
-    municipality = net.start(MUNICIPALITY, upstream=prefecture.listen, timeout=START_LIMIT_S)
     op = Operator(net)
-    free = await wait_for_codes(op, municipality)
+    # Every change of the run creates a resident and takes a code. The code pool is filled before the run
+    # (refill until more than `changes` are free), then the municipality is restarted with a low refill
+    # mark, so that no block of codes is allocated by the center during the measured run: refills are a
+    # rare background task in production (a block lasts months), not part of relaying a change.
+    net.extra_config = codepool_config(refill_below=changes + 1)
+    municipality = net.start(MUNICIPALITY, upstream=prefecture.listen, timeout=START_LIMIT_S)
+    say(f"  filling {MUNICIPALITY.code}'s code pool with more than {changes:,} codes (blocks of {CODE_BLOCK:,})")
+    await wait_for_codes(op, municipality, changes + 1)
+    net.stop(slug(MUNICIPALITY))
+    net.extra_config = codepool_config(refill_below=RUN_REFILL_BELOW)
+    municipality = net.start(MUNICIPALITY, upstream=prefecture.listen, timeout=START_LIMIT_S)
+    free = await wait_for_codes(op, municipality, changes + 1)
     say(f"  network up (center {center.listen}); {municipality.identity.uri} has {free:,} free codes")
     batches = register_batches(changes, pool, rng, run_id)
 
@@ -734,7 +749,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     pool = people(MUNICIPALITY.code, POOL_SIZE, args.seed, today)
     rng = random.Random(args.seed)
 
-    net = LocalNetwork(root, extra_config=CODEPOOL_CONFIG)
+    net = LocalNetwork(root)
     net.prepare_pki([CENTER, PREFECTURE, MUNICIPALITY])
     center_db = root / "data" / f"{slug(CENTER)}.db"
     preload_s = 0.0

@@ -47,6 +47,8 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 # Answers (aborts) an undecodable unary request: context, full method name, what is wrong with it.
 Refuse = Callable[["grpc.aio.ServicerContext[Any, Any]", str, str], Awaitable[None]]
+# Wraps a method handler once more when it is registered: the handler, its full method name.
+Wrap = Callable[[Any, str], Any]
 
 
 def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
@@ -95,16 +97,17 @@ def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
 class _LenientGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler whose method handlers are wrapped once per method and reused."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], refuse: Refuse) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], refuse: Refuse, wrap: Wrap | None = None) -> None:
         self._inner = inner
         self._refuse = refuse
+        self._wrap = wrap
         self._wrapped: dict[str, Any] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            wrapped = lenient(self._inner.service(handler_call_details), method, self._refuse)
+            wrapped = _wrapped(self._inner.service(handler_call_details), method, self._refuse, self._wrap)
             if wrapped is not None and len(self._wrapped) < 1024:
                 self._wrapped[method] = wrapped
         return wrapped
@@ -131,16 +134,23 @@ class LenientServer:
     at the center (about twenty methods) cost every agency lookup tens of µs of event-loop time. Generic
     handlers added directly still work, after the table."""
 
-    def __init__(self, server: grpc.aio.Server, refuse: Refuse) -> None:
+    def __init__(self, server: grpc.aio.Server, refuse: Refuse, *, wrap: Wrap | None = None) -> None:
+        """`wrap(handler, method)`, if given, wraps every (lenient) method handler once more."""
         self._server = server
         self._refuse = refuse
+        self._wrap = wrap
         self._table = _MethodTable()
         server.add_generic_rpc_handlers((self._table,))
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_LenientGeneric(h, self._refuse) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_LenientGeneric(h, self._refuse, self._wrap) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, handlers: Mapping[str, Any]) -> None:
         for name, handler in handlers.items():
             method = f"/{service_name}/{name}"
-            self._table.handlers[method] = lenient(handler, method, self._refuse)
+            self._table.handlers[method] = _wrapped(handler, method, self._refuse, self._wrap)
+
+
+def _wrapped(handler: Any, method: str, refuse: Refuse, wrap: Wrap | None) -> Any:
+    parsed = lenient(handler, method, refuse)
+    return parsed if wrap is None or parsed is None else wrap(parsed, method)

@@ -134,16 +134,19 @@ class Guard:
         finally:
             self._metrics.count_rpc(short, code.name, time.perf_counter() - started)
 
-    async def log_served(self, call: Call, *, subjects: Sequence[str] = (), purpose: str = "") -> None:
-        """The OK entry of a call whose handler writes nothing else (a read): durable before the answer
-        leaves. If it cannot be written the call fails (INTERNAL): nothing is read unlogged."""
+    async def log_served(
+        self, call: Call, *, subjects: Sequence[str] = (), purpose: str = "", outcome: str = "OK"
+    ) -> None:
+        """The entry of a call whose handler writes nothing else (a read; OK unless `outcome` says otherwise):
+        durable before the answer leaves. If it cannot be written the call fails (INTERNAL): nothing is read
+        unlogged."""
         info = call.info
         entry = AccessEntry(
             at=dt.datetime.now(dt.UTC),
             request_id=info.request_id,
             peer=info.peer,
             method=info.method,
-            outcome="OK",
+            outcome=outcome,
             purpose=purpose,
             subjects=tuple(subjects),
         )

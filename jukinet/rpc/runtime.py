@@ -14,8 +14,7 @@ from typing import Any, cast
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from jukinet.config import NodeConfig
 from jukinet.observability import NodeMetrics, configure_logging, start_metrics_server
@@ -31,6 +30,7 @@ from jukinet.pki import (
 from jukinet.rpc import event_loop
 from jukinet.rpc.decode_guard import LenientServer
 from jukinet.rpc.guard import Guard
+from jukinet.rpc.standard_services import STANDARD_POLICY, add_standard_services
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
@@ -160,16 +160,8 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     registrar = cast(grpc.aio.Server, LenientServer(server, refuse=refusals.refuse_undecodable))
     for add in parts.add_servicers:
         add(registrar)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
-    reflection.enable_server_reflection(
-        [
-            *parts.service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    standard = Guard(store, metrics, STANDARD_POLICY, None, ctx.revocations)  # no cut-off: operators need them
+    health_servicer = add_standard_services(server, standard, refusals.refuse_undecodable, parts.service_names)
     port = server.add_secure_port(config.listen, server_credentials(paths))
     if port == 0:
         raise SystemExit(f"could not listen on {config.listen}: is the port in use?")

@@ -1,0 +1,101 @@
+"""Health and reflection on a real node pass the node's guard: each call is access-logged under the
+caller's certificate identity with the status it got, and a revoked certificate is refused there too."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import text
+
+from jukinet.domain.identity import NodeId, Role
+from jukinet.pki import certificate_serial, create_ca, ensure, revoke
+from jukinet.rpc.runtime import RunningNode
+from tests.helpers.nodes import channel, start
+
+pytestmark = pytest.mark.integration
+
+AGENCY = NodeId(Role.AGENCY, "pension")
+PREFECTURE = NodeId(Role.PREFECTURE, "13")
+CHECK = "/grpc.health.v1.Health/Check"
+REFLECT = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+@pytest.fixture
+def own_pki(tmp_path: Path) -> Path:
+    pki = tmp_path / "pki"
+    create_ca(pki)
+    for identity in (NodeId(Role.CENTER), AGENCY, PREFECTURE):
+        ensure(pki, identity)
+    return pki
+
+
+@pytest.fixture
+async def center(own_pki: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    node = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", own_pki)
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def entries(node: RunningNode, method: str) -> list[tuple[str, str]]:
+    def read(conn: object) -> list[tuple[str, str]]:
+        rows = conn.execute(  # type: ignore[attr-defined]
+            text("SELECT peer, outcome FROM access_log WHERE method = :m ORDER BY id"), {"m": method}
+        )
+        return [(r.peer, r.outcome) for r in rows]
+
+    return await node.ctx.store.read(read)
+
+
+async def test_health_checks_are_answered_and_access_logged_with_their_status(
+    center: RunningNode, own_pki: Path
+) -> None:
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    assert await entries(center, CHECK) == [(AGENCY.uri, "OK"), (AGENCY.uri, "NOT_FOUND")]
+
+
+async def test_reflection_lists_the_services_and_the_stream_is_access_logged(
+    center: RunningNode, own_pki: Path
+) -> None:
+    def ask() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async with channel(own_pki, PREFECTURE.uri, center.address) as ch:
+        call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(ask(), timeout=5)
+        names = [s.name async for reply in call for s in reply.list_services_response.service]
+    assert "jukinet.wire.v1.ProvisionService" in names
+    assert "grpc.health.v1.Health" in names
+    assert await entries(center, REFLECT) == [(PREFECTURE.uri, "OK")]
+
+
+async def test_a_revoked_certificate_is_refused_by_health_and_reflection_too(
+    center: RunningNode, own_pki: Path
+) -> None:
+    revoke(own_pki, [certificate_serial(own_pki / "agency-pension.pem")])
+
+    def ask() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as checked:
+            await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as reflected:
+            call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(ask(), timeout=5)
+            [reply async for reply in call]
+    assert checked.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (checked.value.details() or "")
+    assert reflected.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert await entries(center, CHECK) == [(AGENCY.uri, "UNAUTHENTICATED")]
+    assert await entries(center, REFLECT) == [(AGENCY.uri, "UNAUTHENTICATED")]
