@@ -98,6 +98,8 @@ RUN_REFILL_BELOW = 1000
 
 def codepool_config(refill_below: int) -> str:
     return f"\n[codepool]\nrefill_below = {refill_below}\nblock_size = {CODE_BLOCK}\n"
+
+
 POOL_EXHAUSTED = "CODE_POOL_EXHAUSTED"
 SCRIPT = Path(__file__).resolve()
 

@@ -26,6 +26,7 @@ from typing import Any
 from jukinet.codes import valid_local_gov_code
 from jukinet.domain.agency import PROVIDABLE_FIELDS, Agency, AgencyRegistry, Purpose
 from jukinet.domain.identity import NodeId, Role
+from jukinet.storage.engine import check_database_url
 
 # Relay defaults: events per message (at most the wire limit, 10,000) and messages in flight. bench/relay.py
 # measures its one-hop ceiling with the same batch, so the ratio it reports does not move with this setting.
@@ -107,7 +108,7 @@ def load_config(path: Path) -> NodeConfig:
         kind=kind,
         code=code,
         listen=_get(node, "listen", str, where),
-        database=_get(node, "database", str, where),
+        database=_database(_get(node, "database", str, where), where),
         pki_dir=pki_dir if pki_dir.is_absolute() else base / pki_dir,
         metrics_listen=_get(node, "metrics_listen", str, where, "127.0.0.1:0"),
         upstream=upstream,
@@ -118,6 +119,14 @@ def load_config(path: Path) -> NodeConfig:
         log_level=_get(node, "log_level", str, where, "info"),
         agencies=_relative(base, _get(node, "agencies", str, where, "")),
     )
+
+
+def _database(url: str, where: str) -> str:
+    try:
+        check_database_url(url)
+    except ValueError as error:
+        raise ConfigError(f"{where}.database: {error}") from None
+    return url
 
 
 def _relative(base: Path, value: str) -> Path | None:

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from jukinet.storage.schema import metadata
 
@@ -33,10 +34,10 @@ def make_engine(url: str, *, create_schema: bool = True, autocheckpoint_pages: i
     and a power loss. pysqlite's implicit transactions are turned off so that BEGIN/SAVEPOINT are ours.
     A commit that leaves `autocheckpoint_pages` or more in the WAL checkpoints it (SQLite's
     wal_autocheckpoint)."""
+    check_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, pool_size=4, max_overflow=4, connect_args={"check_same_thread": False})
         _configure_sqlite(engine, autocheckpoint_pages)
     else:
@@ -44,6 +45,30 @@ def make_engine(url: str, *, create_schema: bool = True, autocheckpoint_pages: i
     if create_schema:
         metadata.create_all(engine)
     return engine
+
+
+def check_database_url(url: str) -> None:
+    """Raises ValueError, saying what to write instead, unless `url` names a SQLite file or a PostgreSQL
+    database. An in-memory SQLite database is refused: a node's acknowledged changes must outlive it, and
+    each pooled connection would open an empty database of its own."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"{url!r} is not a database URL; write sqlite:///path/to/node.db or postgresql+psycopg://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database:
+            raise ValueError(
+                f"{url!r} is an in-memory SQLite database: a node's changes must survive a restart; "
+                "give a file, e.g. sqlite:///data/node.db"
+            )
+    elif backend != "postgresql":
+        raise ValueError(
+            f"{url!r}: {backend} is not supported; write sqlite:///path/to/node.db or postgresql+psycopg://user@host/db"
+        )
 
 
 def _configure_sqlite(engine: Engine, autocheckpoint_pages: int) -> None:

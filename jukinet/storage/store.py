@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine
-from sqlalchemy.engine import make_url
 
 from jukinet.storage.engine import AUTOCHECKPOINT_PAGES, make_engine
 from jukinet.storage.wal_checkpointer import CheckpointResult, WalCheckpointer
@@ -65,11 +64,9 @@ class Store:
         of its checkpoints, on that thread."""
         self.url = url
         self._on_group = on_group
-        parsed = make_url(url)
-        file_backed = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-        self.engine: Engine = make_engine(url, autocheckpoint_pages=autocheckpoint_pages)
+        self.engine: Engine = make_engine(url, autocheckpoint_pages=autocheckpoint_pages)  # a file or a server
         self.checkpointer: WalCheckpointer | None = None
-        if file_backed:
+        if self.engine.dialect.name == "sqlite":
             self.checkpointer = WalCheckpointer(
                 self.engine, autocheckpoint_pages=autocheckpoint_pages, on_checkpoint=on_checkpoint
             )

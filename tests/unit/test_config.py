@@ -25,6 +25,10 @@ def test_shipped_examples_load(name: str) -> None:
         ('[node]\nkind = "municipality"\ncode = "132081"\nlisten="x"\ndatabase="y"\npki_dir="p"\n', "code"),
         ('[node]\nkind = "prefecture"\ncode = "13"\nlisten="x"\ndatabase="y"\npki_dir="p"\n', "upstream"),
         ("not toml [", "not valid TOML"),
+        ('[node]\nkind = "center"\nlisten="x"\ndatabase="sqlite:///:memory:"\npki_dir="p"\n', "in-memory SQLite"),
+        ('[node]\nkind = "center"\nlisten="x"\ndatabase="sqlite://"\npki_dir="p"\n', "in-memory SQLite"),
+        ('[node]\nkind = "center"\nlisten="x"\ndatabase="mysql://h/db"\npki_dir="p"\n', "mysql is not supported"),
+        ('[node]\nkind = "center"\nlisten="x"\ndatabase="center.db"\npki_dir="p"\n', "not a database URL"),
     ],
 )
 def test_mistakes_are_reported_clearly(tmp_path: Path, text: str, problem: str) -> None:
