@@ -18,7 +18,10 @@ end to end
     A real center, prefecture 13 and municipality 132080 (node processes started with LocalNetwork). The
     bench pushes N creates (職権記載 / 国外からの転入, the node assigns the codes) as the register system,
     in batches of 2,000 with 4 in flight, and times from the first push until the center's cursor for
-    132080 reaches N. The center's cursor is read with RelayService.GetCursors under the prefecture's
+    132080 reaches N. Each create takes a code from the municipality's pool: before the clock starts the
+    pool is filled with more than N codes and the municipality restarted with a low refill mark, so no
+    block of codes is allocated during the run (refills are rare background work in production).
+    The center's cursor is read with RelayService.GetCursors under the prefecture's
     certificate (an indexed max(seq) lookup): GetStatus and GetDigest scan whole tables, which would load
     the very process being measured.
 
