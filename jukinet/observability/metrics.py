@@ -3,11 +3,21 @@
 Labels are bounded: tier, method (the fixed set of RPC names), status code, origin (a node relays
 for at most its prefecture's municipalities). Never a request id or a resident code."""
 
-from dataclasses import dataclass, field
-from typing import Any
-from wsgiref.simple_server import WSGIServer
+from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from jukinet.observability.dashboard import Dashboard
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64)  # buckets of the group-commit histograms
 DB_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)  # a transaction, a checkpoint
@@ -171,9 +181,49 @@ class NodeMetrics:
         children[1].observe(seconds)
 
 
-def start_metrics_server(metrics: NodeMetrics, listen: str) -> WSGIServer:
-    """Serves /metrics on host:port (127.0.0.1 by default); `.server_port` is the bound port,
-    `.shutdown()` stops it."""
+def start_metrics_server(metrics: NodeMetrics, listen: str, *, node: str = "", kind: str = "") -> WSGIServer:
+    """Serves /metrics and the dashboard page (/, jukinet.observability.dashboard) on host:port (127.0.0.1 by
+    default), each request on a thread of its own; `.server_port` is the bound port, `.shutdown()` stops it."""
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
+    app = management_app(metrics, Dashboard(metrics.registry, node, kind))
+    server = make_server(host or "127.0.0.1", int(port), app, _ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+def management_app(metrics: NodeMetrics, dashboard: Dashboard) -> WSGIApplication:
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            served: Iterable[bytes] = metrics_app(environ, start_response)
+            return served
+        if path in ("/", "/dashboard"):
+            body = dashboard.render().encode("utf-8")
+            start_response(
+                "200 OK",
+                [
+                    ("Content-Type", "text/html; charset=utf-8"),
+                    ("Cache-Control", "no-store"),
+                    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+                    ("Content-Length", str(len(body))),
+                ],
+            )
+            return [body]
+        body = b"not found: the dashboard is at /, Prometheus metrics at /metrics\n"
+        start_response(
+            "404 Not Found", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    return app
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would flood stderr; the node's own logs are structured."""

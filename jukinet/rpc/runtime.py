@@ -166,7 +166,7 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
     if port == 0:
         raise SystemExit(f"could not listen on {config.listen}: is the port in use?")
     await server.start()
-    metrics_server = start_metrics_server(metrics, config.metrics_listen)
+    metrics_server = start_metrics_server(metrics, config.metrics_listen, node=config.identity.uri, kind=config.kind)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return RunningNode(ctx, parts, server, health_servicer, port, metrics_server)
 

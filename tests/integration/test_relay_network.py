@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -64,6 +65,42 @@ async def digests(net: Net, origin: str = "132080") -> list[queries.Digest]:
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
+
+
+def _get(port: int, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.headers["Content-Type"], str(response.read().decode())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], str(error.read().decode())
+
+
+async def test_each_node_serves_its_dashboard_page_next_to_its_metrics(net: Net) -> None:
+    ch, stub = register_stub(net)
+    async with ch:
+        await stub.RecordChange(
+            register_pb2.RecordChangeRequest(change=change("d1", R.CHANGE_REASON_BIRTH, effective="1980-04-01")),
+            timeout=10,
+        )
+
+    async def forwarded() -> bool:
+        return "jukinet_changes_forwarded_total 1.0" in await asyncio.to_thread(_scrape, net.prefecture.metrics_port)
+
+    await eventually(forwarded)
+    status, kind, page = await asyncio.to_thread(_get, net.municipality.metrics_port, "/")
+    assert (status, kind) == (200, "text/html; charset=utf-8")
+    assert "<h1>jukinet://municipality/132080</h1>" in page
+    assert "upstream connected" in page
+    assert "<td>applied</td><td>1</td>" in page
+    assert "free 住民票コード in the pool" in page
+    status, _, page = await asyncio.to_thread(_get, net.center.metrics_port, "/dashboard")
+    assert status == 200
+    assert "<h1>jukinet://center</h1>" in page
+    assert "upstream" not in page
+    assert "<h2>Agencies</h2>" in page
+    status, _, text = await asyncio.to_thread(_get, net.prefecture.metrics_port, "/nothing-here")
+    assert status == 404
+    assert "/metrics" in text
 
 
 async def test_changes_reach_the_center_and_every_tier_agrees(net: Net) -> None:
