@@ -534,7 +534,10 @@ async def wait_for_codes(op: Operator, node: NodeProcess, at_least: int) -> int:
         if free >= at_least:
             return int(free)
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{node.identity.uri} got no code pool within {START_LIMIT_S:.0f}s; see {node.log}")
+            raise RuntimeError(
+                f"{node.identity.uri} had {free:,} free codes, not {at_least:,}, after {START_LIMIT_S:.0f}s;"
+                f" see {node.log}"
+            )
         await asyncio.sleep(0.2)
 
 

@@ -64,6 +64,9 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._metrics = metrics
+        if metrics is not None:  # each agency's series exists from the start (alerts watch its first increase)
+            for agency_id in registry.agencies:
+                metrics.agency_rate_anomalies.labels(agency_id)
         self._rates = RateWatch()
         self._store = store
         self._guard = guard

@@ -59,12 +59,12 @@ class Dashboard:
     kind: str  # center, prefecture, municipality
     clock: Callable[[], float] = time.monotonic
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
-    _previous: Snapshot | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _previous: Snapshot | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def render(self) -> str:
-        current = Snapshot.of(self.registry, self.clock())
-        with self._lock:
+        with self._lock:  # concurrent viewers: each rate is over the interval since the render before it
+            current = Snapshot.of(self.registry, self.clock())
             previous, self._previous = self._previous, current
         return _Page(self, current, previous).html()
 
@@ -118,6 +118,11 @@ class _Page:
         flagged = self.s.get("jukinet_audit_flagged_children") or 0
         if flagged:
             badges.append(("bad", f"{flagged:.0f} child node(s) with a diverged access log"))
+        internal = self.s.get("jukinet_internal_errors_total") or 0
+        if internal:
+            badges.append(
+                ("warn", f"{internal:.0f} call(s) answered INTERNAL since start (rpc_internal_error in the log)")
+            )
         lag = self.s.get("jukinet_relay_lag_seconds") or 0.0
         if lag > LAG_WARN_S:
             badges.append(("warn", f"relay lagging {lag:,.0f} s"))

@@ -1,10 +1,15 @@
 """Every Prometheus metric of a node, on a registry passed in (tests read values from it).
 
-Labels are bounded: tier, method (the fixed set of RPC names), status code, origin (a node relays
-for at most its prefecture's municipalities). Never a request id or a resident code."""
+Labels are bounded: method (the fixed set of RPC names), status code, refusal reason, agency id, the node's
+own identity and kind (jukinet_node_info). Never a request id or a resident code.
+
+Counters that alert rules watch for their first increase (deploy/prometheus/alerts.yml: `increase(...) > 0`)
+exist from the start at 0, labelled ones for every label value known up front (refusal reasons): a series
+that first appears at 1 would never show an increase."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from jukinet.domain.errors import JukinetError
 from jukinet.observability.dashboard import Dashboard
 
 if TYPE_CHECKING:
@@ -89,6 +95,16 @@ class NodeMetrics:
             "Calls refused by the node, by reason (wrong role, wrong origin, wrong purpose, cut off, …).",
             ["reason"],
             registry=r,
+        )
+        for reason in refusal_reasons():
+            self.refused_calls.labels(reason)
+        self.internal_errors = Counter(
+            "jukinet_internal_errors_total",
+            "Calls answered INTERNAL: a fault of this node, each with an error id in its log (rpc_internal_error).",
+            registry=r,
+        )
+        self.node_info = Gauge(
+            "jukinet_node_info", "1, labelled with this node's identity and kind.", ["node", "kind"], registry=r
         )
         self.agency_rate_anomalies = Counter(
             "jukinet_agency_rate_anomalies_total",
@@ -181,12 +197,28 @@ class NodeMetrics:
         children[1].observe(seconds)
 
 
+def refusal_reasons() -> list[str]:
+    """Every `reason` a JukinetError subclass declares (the label values of jukinet_refused_calls_total)."""
+    reasons: set[str] = set()
+    pending: list[type[JukinetError]] = [JukinetError]
+    while pending:
+        cls = pending.pop()
+        reasons.add(cls.reason)
+        pending.extend(cls.__subclasses__())
+    return sorted(reasons)
+
+
 def start_metrics_server(metrics: NodeMetrics, listen: str, *, node: str = "", kind: str = "") -> WSGIServer:
     """Serves /metrics and the dashboard page (/, jukinet.observability.dashboard) on host:port (127.0.0.1 by
     default), each request on a thread of its own; `.server_port` is the bound port, `.shutdown()` stops it."""
     host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if node:
+        metrics.node_info.labels(node, kind).set(1)
     app = management_app(metrics, Dashboard(metrics.registry, node, kind))
-    server = make_server(host or "127.0.0.1", int(port), app, _ThreadingServer, handler_class=_QuietHandler)
+    family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class: type[_ThreadingServer] = type("ManagementServer", (_ThreadingServer,), {"address_family": family})
+    server: WSGIServer = make_server(host, int(port), app, server_class, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

@@ -102,7 +102,15 @@ def crosses_links(method: str, policy: dict[str, frozenset[Role]]) -> bool:
 # Operator roles (certificate subject OU) and what each may call; every role includes the ones before it.
 VIEWER, CLERK, SECURITY_ADMIN = "viewer", "clerk", "security-admin"
 ROLE_ORDER = (VIEWER, CLERK, SECURITY_ADMIN)
+# The standard services every node serves (jukinet.rpc.standard_services): any certificate of the network.
+STANDARD_METHODS = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
 OPERATOR_MINIMUM_ROLE = {
+    **dict.fromkeys(STANDARD_METHODS, VIEWER),
     GET_STATUS: VIEWER,
     GET_DIGEST: VIEWER,
     DISCLOSE_RESIDENT: CLERK,

@@ -10,6 +10,7 @@ interceptor runs a coroutine chain on every call, which cost about a tenth of a 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -66,8 +67,18 @@ def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
+    # Response streams come in two styles grpc.aio tells apart by the handler's type: an async generator, or a
+    # coroutine that writes with context.write (grpcio's health Watch). Each wrapper keeps its inner one's style.
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
+        if not inspect.isasyncgenfunction(inner_us):
+
+            async def unary_written(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                if isinstance(request, Undecodable):
+                    await refuse(context, method, request.message)  # aborts
+                await inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_written, parse, serialize)
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
@@ -78,6 +89,12 @@ def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
         return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
     if handler.stream_stream is not None:
         inner_ss = handler.stream_stream
+        if not inspect.isasyncgenfunction(inner_ss):
+
+            async def stream_written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await inner_ss(_checked(requests), context)
+
+            return grpc.stream_stream_rpc_method_handler(stream_written, parse, serialize)
 
         async def stream_stream(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -135,7 +152,7 @@ class LenientServer:
     handlers added directly still work, after the table."""
 
     def __init__(self, server: grpc.aio.Server, refuse: Refuse, *, wrap: Wrap | None = None) -> None:
-        """`wrap(handler, method)`, if given, wraps every (lenient) method handler once more."""
+        """`wrap(handler, method)`, if given, wraps every method handler (inside the lenient parser)."""
         self._server = server
         self._refuse = refuse
         self._wrap = wrap
@@ -152,5 +169,7 @@ class LenientServer:
 
 
 def _wrapped(handler: Any, method: str, refuse: Refuse, wrap: Wrap | None) -> Any:
-    parsed = lenient(handler, method, refuse)
-    return parsed if wrap is None or parsed is None else wrap(parsed, method)
+    """`wrap` inside, the lenient parser outside: an undecodable request is refused (and logged) once, before
+    whatever `wrap` adds."""
+    inner = handler if wrap is None or handler is None else wrap(handler, method)
+    return lenient(inner, method, refuse)

@@ -113,8 +113,14 @@ class Guard:
             code = grpc.StatusCode[error.code]
             self._metrics.refused_calls.labels(error.reason).inc()
             await self._refuse(context, method, peer, request_id, code, str(error), purpose, refusal=error)
-        except grpc.aio.AbortError:
+        except grpc.aio.AbortError:  # the handler answered with a status of its own: count that one
+            code = status_of(context.code()) or grpc.StatusCode.UNKNOWN
             raise
+        except NotImplementedError:  # a method a servicer declares but does not implement
+            code = grpc.StatusCode.UNIMPLEMENTED
+            await self._refuse(
+                context, method, peer, request_id, code, f"{short} is not implemented on this node", purpose
+            )
         except (asyncio.CancelledError, GeneratorExit):  # the caller went away (cancelled, deadline): a stream
             # handler is closed at its `yield` (GeneratorExit), a unary one cancelled: count both as such
             code = grpc.StatusCode.CANCELLED
@@ -122,6 +128,7 @@ class Guard:
         except Exception as error:
             error_id = uuid.uuid4().hex[:12]
             log.error("rpc_internal_error", method=short, error_id=error_id, error=repr(error))
+            self._metrics.internal_errors.inc()
             code = grpc.StatusCode.INTERNAL
             await self._refuse(
                 context,
@@ -209,6 +216,17 @@ class Guard:
         await context.abort(code, message, trailing_metadata=trailer)
 
 
+def status_of(code: object) -> grpc.StatusCode | None:
+    """The status a handler set on its context (grpcio hands back a StatusCode or its number), if any."""
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status
+    return None
+
+
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
@@ -231,4 +249,4 @@ def _transport_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         return "unidentified"
 
 
-__all__ = ["REQUEST_ID_KEY", "AlreadyLogged", "Call", "Guard", "UnauthenticatedError"]
+__all__ = ["REQUEST_ID_KEY", "AlreadyLogged", "Call", "Guard", "UnauthenticatedError", "status_of"]

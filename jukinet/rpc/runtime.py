@@ -100,6 +100,11 @@ class RunningNode:
         self.tasks: list[asyncio.Task[None]] = [asyncio.ensure_future(task(self.stop_event)) for task in parts.tasks]
 
     @property
+    def health(self) -> Any:
+        """The node's grpc health servicer (its status for Health.Check and Watch)."""
+        return self._health
+
+    @property
     def address(self) -> str:
         return f"{self.ctx.config.listen.rpartition(':')[0]}:{self.port}"
 

@@ -2,37 +2,38 @@
 reflection (grpc.reflection.v1alpha, what `buf curl` and grpcurl use to learn the schema).
 
 They pass the same guard as the node's own methods: the caller's identity from its certificate, revocation
-and expiry on every call, an RPC metric, and one access-log entry per call: "every RPC served" includes a
-load balancer's health checks and a developer's schema queries. Every role may call them, and they keep
-answering while the node is cut off (operators need them most then).
+and expiry, an RPC metric, and access-log entries: "every RPC served" includes a load balancer's health checks
+and a developer's schema queries (each one a durable write, like any other entry). Any certificate of the
+network may call them (operators from the lowest role, viewer), and they keep answering while the node is cut
+off (operators need them most then).
 
-A unary call (Health.Check, Health.List) is logged after the servicer answered and before the answer leaves,
-with the status it answered (Health.Check of an unknown service: NOT_FOUND). A stream (Health.Watch,
-ServerReflectionInfo) is logged once, OK, when it is admitted; it may then stay open for days."""
+- A unary call (Health.Check) is logged once, with the status it is answered with (Health.Check of an unknown
+  service: NOT_FOUND), before that answer leaves. Health.List, which grpcio's servicer does not implement,
+  is answered UNIMPLEMENTED.
+- A stream (Health.Watch, ServerReflectionInfo) is logged OK when it is admitted; it may then stay open for
+  days, so the caller's certificate is checked again on every message in either direction, and a stream
+  whose certificate was revoked meanwhile ends UNAUTHENTICATED, with a second entry saying so.
+
+An undecodable request is refused by jukinet.rpc.decode_guard before the guard (INVALID_ARGUMENT, logged
+once), as for every other service."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from jukinet.domain.identity import Role
+from jukinet.rpc.authz import STANDARD_METHODS
 from jukinet.rpc.decode_guard import LenientServer, Refuse
-from jukinet.rpc.guard import Call, Guard
+from jukinet.rpc.guard import Call, Guard, status_of
 
-HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
-REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
-
-
-def _every_method(service: ServiceDescriptor) -> dict[str, frozenset[Role]]:
-    return {f"/{service.full_name}/{m.name}": frozenset(Role) for m in service.methods}
-
-
-STANDARD_POLICY: dict[str, frozenset[Role]] = {**_every_method(HEALTH), **_every_method(REFLECTION)}
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+STANDARD_POLICY: dict[str, frozenset[Role]] = dict.fromkeys(STANDARD_METHODS, frozenset(Role))
 
 
 def guarded(guard: Guard) -> Callable[[Any, str], Any]:
@@ -41,69 +42,88 @@ def guarded(guard: Guard) -> Callable[[Any, str], Any]:
     def wrap(handler: Any, method: str) -> Any:
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with guard.call(context, method) as call:
-                    response = await inner_uu(request, _LoggedAbort(context, guard, call))
-                    await guard.log_served(call, outcome=_status_name(context.code(), "OK"))  # set_code, else OK
-                    return response
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(guard, method, handler.unary_unary), deserialize, serialize
+            )
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                async with guard.call(context, method) as call:
-                    await guard.log_served(call)
-                    async for response in inner_us(request, context):
-                        yield response
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(guard, method, handler.unary_stream, streaming_requests=False), deserialize, serialize
+            )
         if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                async with guard.call(context, method) as call:
-                    await guard.log_served(call)
-                    async for response in inner_ss(requests, context):
-                        yield response
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+            return grpc.stream_stream_rpc_method_handler(
+                _stream(guard, method, handler.stream_stream, streaming_requests=True), deserialize, serialize
+            )
         raise TypeError(f"{method}: no standard service has a client-streaming method to guard")
 
     return wrap
 
 
-class _LoggedAbort:
-    """The servicer context handed to a standard servicer's unary method: `abort` writes the call's access-log
-    entry with its status first (the status leaves as soon as the real abort is called)."""
+def _unary(guard: Guard, method: str, inner: Any) -> Any:
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async with guard.call(context, method) as call:
+            response = await inner(request, _GuardedContext(context, guard, call, log_abort=True))
+            status = status_of(context.code()) or grpc.StatusCode.OK  # a status set with set_code, else OK
+            await guard.log_served(call, outcome=status.name)
+            return response
 
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], guard: Guard, call: Call) -> None:
+    return unary_unary
+
+
+def _stream(guard: Guard, method: str, inner: Any, *, streaming_requests: bool) -> Any:
+    """Response-streaming handlers in either style grpc.aio accepts: an async generator, or a coroutine that
+    writes with context.write (grpcio's health Watch). The wrapper has the inner one's style."""
+
+    def arguments(first: Any, context: grpc.aio.ServicerContext[Any, Any], call: Call) -> tuple[Any, Any]:
+        requests = _rechecked(first, call) if streaming_requests else first
+        return requests, _GuardedContext(context, guard, call, log_abort=False)
+
+    if inspect.isasyncgenfunction(inner):
+
+        async def generated(first: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async with guard.call(context, method) as call:
+                await guard.log_served(call)
+                async for response in inner(*arguments(first, context, call)):
+                    call.check_open()
+                    yield response
+
+        return generated
+
+    async def written(first: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async with guard.call(context, method) as call:
+            await guard.log_served(call)
+            await inner(*arguments(first, context, call))
+
+    return written
+
+
+async def _rechecked(requests: AsyncIterator[Any], call: Call) -> AsyncIterator[Any]:
+    async for request in requests:
+        call.check_open()
+        yield request
+
+
+class _GuardedContext:
+    """The servicer context a standard servicer sees. `write` checks the caller's certificate again first; for
+    unary calls, `abort` writes the call's access-log entry with its status before the status leaves."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], guard: Guard, call: Call, *, log_abort: bool):
         self._context = context
         self._guard = guard
         self._call = call
+        self._log_abort = log_abort
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
-        await self._guard.log_served(self._call, outcome=code.name)
+        if self._log_abort:
+            await self._guard.log_served(self._call, outcome=code.name)
         await self._context.abort(code, details, trailing_metadata)
         raise AssertionError("unreachable: ServicerContext.abort raises")
 
+    async def write(self, message: Any) -> None:
+        self._call.check_open()
+        await self._context.write(message)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
-
-
-def _status_name(code: object, otherwise: str) -> str:
-    """The name of the status a handler set (grpcio hands back a StatusCode or its number), else `otherwise`."""
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if isinstance(code, int):
-        for status in grpc.StatusCode:
-            if status.value[0] == code:
-                return status.name
-    return otherwise
 
 
 def add_standard_services(server: grpc.aio.Server, guard: Guard, refuse: Refuse, service_names: Sequence[str]) -> Any:
@@ -112,7 +132,7 @@ def add_standard_services(server: grpc.aio.Server, guard: Guard, refuse: Refuse,
     registrar: Any = LenientServer(server, refuse, wrap=guarded(guard))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # not in the stubs
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
-    names = [*service_names, HEALTH.full_name, reflection.SERVICE_NAME]
+    names = [*service_names, HEALTH_SERVICE, reflection.SERVICE_NAME]
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         reflection.aio.ReflectionServicer(names),  # type: ignore[attr-defined]  # not in the stubs
         registrar,

@@ -50,25 +50,28 @@ def make_engine(url: str, *, create_schema: bool = True, autocheckpoint_pages: i
 def check_database_url(url: str) -> None:
     """Raises ValueError, saying what to write instead, unless `url` names a SQLite file or a PostgreSQL
     database. An in-memory SQLite database is refused: a node's acknowledged changes must outlive it, and
-    each pooled connection would open an empty database of its own."""
+    each pooled connection would open an empty database of its own. Messages never show a password."""
+    instead = "write sqlite:///path/to/node.db or postgresql+psycopg://user@host/db"
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(
-            f"{url!r} is not a database URL; write sqlite:///path/to/node.db or postgresql+psycopg://user@host/db"
-        ) from None
+        raise ValueError(f"this is not a database URL; {instead}") from None
+    shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database:
+        in_memory = (
+            database in ("", ":memory:") or database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+        )
+        if in_memory:
             raise ValueError(
-                f"{url!r} is an in-memory SQLite database: a node's changes must survive a restart; "
+                f"{shown} is an in-memory SQLite database: a node's changes must survive a restart; "
                 "give a file, e.g. sqlite:///data/node.db"
             )
+    elif backend == "postgres":
+        raise ValueError(f"{shown}: SQLAlchemy spells it postgresql+psycopg://… (not postgres://)")
     elif backend != "postgresql":
-        raise ValueError(
-            f"{url!r}: {backend} is not supported; write sqlite:///path/to/node.db or postgresql+psycopg://user@host/db"
-        )
+        raise ValueError(f"{shown}: {backend} is not supported; {instead}")
 
 
 def _configure_sqlite(engine: Engine, autocheckpoint_pages: int) -> None:

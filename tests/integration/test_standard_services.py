@@ -21,7 +21,10 @@ pytestmark = pytest.mark.integration
 
 AGENCY = NodeId(Role.AGENCY, "pension")
 PREFECTURE = NodeId(Role.PREFECTURE, "13")
+VIEWER = NodeId(Role.OPERATOR, "viewer", "center")
 CHECK = "/grpc.health.v1.Health/Check"
+WATCH = "/grpc.health.v1.Health/Watch"
+LIST = "/grpc.health.v1.Health/List"
 REFLECT = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
@@ -31,6 +34,7 @@ def own_pki(tmp_path: Path) -> Path:
     create_ca(pki)
     for identity in (NodeId(Role.CENTER), AGENCY, PREFECTURE):
         ensure(pki, identity)
+    ensure(pki, VIEWER, role="viewer")  # the lowest operator role
     return pki
 
 
@@ -64,6 +68,68 @@ async def test_health_checks_are_answered_and_access_logged_with_their_status(
             await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     assert await entries(center, CHECK) == [(AGENCY.uri, "OK"), (AGENCY.uri, "NOT_FOUND")]
+    rpcs = center.ctx.metrics.rpcs
+    assert rpcs.labels("Check", "OK")._value.get() == 1
+    assert rpcs.labels("Check", "NOT_FOUND")._value.get() == 1  # counted with the status it was answered
+
+
+async def test_an_operator_of_the_lowest_role_may_check_health(center: RunningNode, own_pki: Path) -> None:
+    async with channel(own_pki, VIEWER.uri, center.address) as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert await entries(center, CHECK) == [(VIEWER.uri, "OK")]
+
+
+async def test_an_unimplemented_method_is_unimplemented_not_an_internal_error(
+    center: RunningNode, own_pki: Path
+) -> None:
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await health_pb2_grpc.HealthStub(ch).List(health_pb2.HealthListRequest(), timeout=5)
+    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert await entries(center, LIST) == [(AGENCY.uri, "UNIMPLEMENTED")]
+    assert center.ctx.metrics.internal_errors._value.get() == 0
+
+
+async def test_an_undecodable_health_check_is_refused_and_logged_once(center: RunningNode, own_pki: Path) -> None:
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        check = ch.unary_unary(
+            CHECK, request_serializer=None, response_deserializer=None
+        )  # raw bytes: field 1 (service) holding invalid UTF-8
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await check(b"\x0a\x02\xff\xfe", timeout=5)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert await entries(center, CHECK) == [(AGENCY.uri, "INVALID_ARGUMENT")]
+
+
+async def test_watch_streams_the_status_and_ends_once_the_certificate_is_revoked(
+    center: RunningNode, own_pki: Path
+) -> None:
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        revoke(own_pki, [certificate_serial(own_pki / "agency-pension.pem")])
+        await center.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # the next write rechecks
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch.read()
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert await entries(center, WATCH) == [(AGENCY.uri, "OK"), (AGENCY.uri, "UNAUTHENTICATED")]
+
+
+async def test_an_open_reflection_stream_ends_once_the_certificate_is_revoked(
+    center: RunningNode, own_pki: Path
+) -> None:
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(timeout=10)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        assert (await call.read()).list_services_response.service
+        revoke(own_pki, [certificate_serial(own_pki / "agency-pension.pem")])
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert await entries(center, REFLECT) == [(AGENCY.uri, "OK"), (AGENCY.uri, "UNAUTHENTICATED")]
 
 
 async def test_reflection_lists_the_services_and_the_stream_is_access_logged(

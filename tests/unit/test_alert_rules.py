@@ -1,9 +1,12 @@
-"""deploy/prometheus: the alert rules are well-formed and name only metrics a node exports (a renamed metric
-would otherwise leave an alert that can never fire), with the labels the example scrape config gives."""
+"""deploy/prometheus: the alert rules are well-formed and name only metrics and labels a node exports (a
+renamed metric would otherwise leave an alert that can never fire); where promtool is installed, Prometheus's
+own checker and the rules' unit tests (alerts_test.yml) run too."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +25,17 @@ def rules() -> list[dict[str, Any]]:
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 
-def exported_samples() -> set[str]:
+def exported() -> tuple[set[str], set[str]]:
+    """Sample names and label names of a node's registry (labelled metrics show their samples once used)."""
     metrics = NodeMetrics()
-    metrics.count_rpc("RecordChange", "OK", 0.01)  # labelled metrics show their samples once used
+    metrics.count_rpc("RecordChange", "OK", 0.01)
     metrics.changes_refused.labels("INVALID_FIELD").inc()
-    metrics.refused_calls.labels("WRONG_ROLE").inc()
     metrics.code_anomalies.labels("never_issued").set(0)
     metrics.agency_rate_anomalies.labels("pension").inc()
     metrics.audit_checkpoints.labels("signed").inc()
-    return {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    metrics.node_info.labels("jukinet://center", "center").set(1)
+    samples = [sample for family in metrics.registry.collect() for sample in family.samples]
+    return {s.name for s in samples}, {label for s in samples for label in s.labels} | {"instance", "job"}
 
 
 def test_every_rule_is_complete_and_uniquely_named() -> None:
@@ -46,16 +51,32 @@ def test_every_rule_is_complete_and_uniquely_named() -> None:
 
 
 @pytest.mark.parametrize("rule", rules(), ids=lambda r: r["alert"])
-def test_a_rule_names_only_exported_metrics(rule: dict[str, Any]) -> None:
-    named = set(METRIC.findall(rule["expr"]))
-    assert named or "up{" in rule["expr"], "a rule on nothing a node exports"
-    assert named <= exported_samples(), f"not exported by any node: {sorted(named - exported_samples())}"
+def test_a_rule_names_only_exported_metrics_and_labels(rule: dict[str, Any]) -> None:
+    names, labels = exported()
+    expr = rule["expr"]
+    named = set(METRIC.findall(expr))
+    assert named or "up{" in expr, "a rule on nothing a node exports"
+    assert named <= names, f"not exported by any node: {sorted(named - names)}"
+    used = {m for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr) for m in re.findall(r"\w+", group)}
+    used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr))
+    assert used <= labels, f"labels no node exports: {sorted(used - labels)}"
 
 
-def test_the_tier_label_the_rules_use_is_set_by_the_scrape_config() -> None:
+def test_the_scrape_config_loads_the_rules_from_the_metrics_path() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
     assert config["rule_files"] == ["alerts.yml"]
-    tiers = {t["labels"]["tier"] for job in config["scrape_configs"] for t in job["static_configs"]}
-    assert tiers == {"center", "prefecture", "municipality"}
-    used = {m for rule in rules() for m in re.findall(r'tier(?:!?=)"([a-z]+)"', rule["expr"])}
-    assert used <= tiers
+    assert [job["metrics_path"] for job in config["scrape_configs"]] == ["/metrics"]  # / is the dashboard page
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: apt install prometheus)")
+def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
+    commands = (
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    )
+    for command in commands:
+        done = subprocess.run(
+            ["promtool", *command], cwd=DEPLOY, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -29,13 +29,19 @@ def test_shipped_examples_load(name: str) -> None:
         ('[node]\nkind = "center"\nlisten="x"\ndatabase="sqlite://"\npki_dir="p"\n', "in-memory SQLite"),
         ('[node]\nkind = "center"\nlisten="x"\ndatabase="mysql://h/db"\npki_dir="p"\n', "mysql is not supported"),
         ('[node]\nkind = "center"\nlisten="x"\ndatabase="center.db"\npki_dir="p"\n', "not a database URL"),
+        (
+            '[node]\nkind = "center"\nlisten="x"\ndatabase="sqlite:///file:m?mode=memory&uri=true"\npki_dir="p"\n',
+            "in-memory SQLite",
+        ),
+        ('[node]\nkind = "center"\nlisten="x"\ndatabase="postgres://u:secret@h/db"\npki_dir="p"\n', "postgresql"),
     ],
 )
 def test_mistakes_are_reported_clearly(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "node.toml"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError, match=problem):
+    with pytest.raises(ConfigError, match=problem) as caught:
         load_config(path)
+    assert "secret" not in str(caught.value)  # a password in the URL is never repeated
 
 
 def test_the_shipped_agency_registry_grants_purposes_with_their_fields() -> None:
