@@ -147,10 +147,12 @@ class _Page:
         rows = [
             (f"change: {labels.get('reason', '')}", _n(v), self.rate("jukinet_changes_refused_total", **labels))
             for labels, v in self.s.labelled("jukinet_changes_refused_total")
+            if v  # reasons are pre-created at 0 for the alert rules: list only those that happened
         ]
         rows += [
             (f"call: {labels.get('reason', '')}", _n(v), self.rate("jukinet_refused_calls_total", **labels))
             for labels, v in self.s.labelled("jukinet_refused_calls_total")
+            if v
         ]
         return _table("Refusals", ("reason", "total", "rate"), rows)
 
