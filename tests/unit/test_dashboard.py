@@ -30,6 +30,11 @@ def test_a_cut_off_prefecture_without_upstream_shows_both_and_the_lag() -> None:
     assert "12:00:00 JST" in page
     assert "Agencies" not in page  # the center's section
     assert "住民票コード" not in page  # the municipality's code pool
+    assert "WRONG_ROLE" not in page  # refusal reasons exist at 0 (for the alerts) but are listed once they happen
+    metrics.refused_calls.labels("WRONG_ROLE").inc()
+    assert (
+        "<td>call: WRONG_ROLE</td><td>1</td>" in board(metrics, "jukinet://prefecture/13", "prefecture", [0.0]).render()
+    )
 
 
 def test_a_healthy_center_has_no_upstream_badge_and_shows_its_agency_side() -> None:
