@@ -1,10 +1,11 @@
 """In-process nodes (real grpc.aio servers, real TLS, real databases) and client helpers."""
 
 import asyncio
+import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,16 @@ async def start(
         agencies=agencies,
     )
     return await start_node(config, BUILDERS[kind])
+
+
+@contextlib.asynccontextmanager
+async def sqlite_center(pki_dir: Path, folder: Path) -> AsyncIterator[RunningNode]:
+    """A center on its own SQLite file in `folder`, stopped afterwards (for tests with a PKI of their own)."""
+    node = await start("center", "", f"sqlite:///{folder / 'c.db'}", pki_dir)
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 def channel(pki_dir: Path, identity: str, address: str) -> grpc.aio.Channel:

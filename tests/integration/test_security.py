@@ -15,7 +15,7 @@ from jukinet.pki import certificate_serial, create_ca, ensure, issue, revoke
 from jukinet.rpc.runtime import RunningNode
 from jukinet.storage import queries
 from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc, relay_pb2, relay_pb2_grpc
-from tests.helpers.nodes import channel, event, start
+from tests.helpers.nodes import channel, event, sqlite_center
 
 PREFECTURE = NodeId(Role.PREFECTURE, "13")
 
@@ -34,11 +34,8 @@ def own_pki(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def center(own_pki: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
-    node = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", own_pki)
-    try:
+    async with sqlite_center(own_pki, tmp_path) as node:
         yield node
-    finally:
-        await node.stop()
 
 
 def _cursors() -> relay_pb2.GetCursorsRequest:

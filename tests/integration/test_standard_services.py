@@ -15,7 +15,7 @@ from sqlalchemy import text
 from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import certificate_serial, create_ca, ensure, revoke
 from jukinet.rpc.runtime import RunningNode
-from tests.helpers.nodes import channel, start
+from tests.helpers.nodes import channel, sqlite_center
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +40,8 @@ def own_pki(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def center(own_pki: Path, tmp_path: Path) -> AsyncIterator[RunningNode]:
-    node = await start("center", "", f"sqlite:///{tmp_path / 'c.db'}", own_pki)
-    try:
+    async with sqlite_center(own_pki, tmp_path) as node:
         yield node
-    finally:
-        await node.stop()
 
 
 async def entries(node: RunningNode, method: str) -> list[tuple[str, str]]:
