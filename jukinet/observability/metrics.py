@@ -98,6 +98,7 @@ class NodeMetrics:
         )
         for reason in refusal_reasons():
             self.refused_calls.labels(reason)
+            self.changes_refused.labels(reason)
         self.internal_errors = Counter(
             "jukinet_internal_errors_total",
             "Calls answered INTERNAL: a fault of this node, each with an error id in its log (rpc_internal_error).",

@@ -67,11 +67,12 @@ def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
-    # Response streams come in two styles grpc.aio tells apart by the handler's type: an async generator, or a
-    # coroutine that writes with context.write (grpcio's health Watch). Each wrapper keeps its inner one's style.
+    # Response streams come in two styles grpc.aio tells apart by the handler's type (coroutine function first,
+    # as grpc.aio checks): a coroutine that writes with context.write (grpcio's health Watch), or anything
+    # returning an async iterator. Each wrapper keeps its inner one's style.
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
-        if not inspect.isasyncgenfunction(inner_us):
+        if inspect.iscoroutinefunction(inner_us):
 
             async def unary_written(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
                 if isinstance(request, Undecodable):
@@ -89,7 +90,7 @@ def lenient(handler: Any, method: str, refuse: Refuse) -> Any:
         return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
     if handler.stream_stream is not None:
         inner_ss = handler.stream_stream
-        if not inspect.isasyncgenfunction(inner_ss):
+        if inspect.iscoroutinefunction(inner_ss):
 
             async def stream_written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
                 await inner_ss(_checked(requests), context)

@@ -116,30 +116,26 @@ class Guard:
         except grpc.aio.AbortError:  # the handler answered with a status of its own: count that one
             code = status_of(context.code()) or grpc.StatusCode.UNKNOWN
             raise
-        except NotImplementedError:  # a method a servicer declares but does not implement
-            code = grpc.StatusCode.UNIMPLEMENTED
-            await self._refuse(
-                context, method, peer, request_id, code, f"{short} is not implemented on this node", purpose
-            )
         except (asyncio.CancelledError, GeneratorExit):  # the caller went away (cancelled, deadline): a stream
             # handler is closed at its `yield` (GeneratorExit), a unary one cancelled: count both as such
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as error:
-            error_id = uuid.uuid4().hex[:12]
-            log.error("rpc_internal_error", method=short, error_id=error_id, error=repr(error))
-            self._metrics.internal_errors.inc()
-            code = grpc.StatusCode.INTERNAL
-            await self._refuse(
-                context,
-                method,
-                peer,
-                request_id,
-                code,
-                f"internal error {error_id}; the operator can look it up",
-            )
+            if isinstance(error, NotImplementedError) and status_of(context.code()) is grpc.StatusCode.UNIMPLEMENTED:
+                # a method the generated base servicer declares and nobody implements (it sets UNIMPLEMENTED
+                # before raising); any other NotImplementedError is a fault like the rest
+                code = grpc.StatusCode.UNIMPLEMENTED
+                message = f"{short} is not implemented on this node"
+            else:
+                error_id = uuid.uuid4().hex[:12]
+                log.error("rpc_internal_error", method=short, error_id=error_id, error=repr(error))
+                code = grpc.StatusCode.INTERNAL
+                message = f"internal error {error_id}; the operator can look it up"
+            await self._refuse(context, method, peer, request_id, code, message, purpose)
         finally:
             self._metrics.count_rpc(short, code.name, time.perf_counter() - started)
+            if code is grpc.StatusCode.INTERNAL:  # a fault, not a refusal (INCONSISTENT_RECORDS is one too)
+                self._metrics.internal_errors.inc()
 
     async def log_served(
         self, call: Call, *, subjects: Sequence[str] = (), purpose: str = "", outcome: str = "OK"

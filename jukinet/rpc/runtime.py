@@ -182,7 +182,7 @@ async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) 
         "event": "node_ready",
         "node": config.identity.uri,
         "listen": node.address,
-        "metrics": f"127.0.0.1:{node.metrics_port}",
+        "metrics": _host_port(config.metrics_listen.rpartition(":")[0].strip("[]") or "127.0.0.1", node.metrics_port),
         "pid": os.getpid(),
     }
     tune_gc()
@@ -201,3 +201,7 @@ async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) 
         await node.stop()
         log.info("node_stopped")
         sys.stderr.flush()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

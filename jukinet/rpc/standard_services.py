@@ -11,27 +11,32 @@ off (operators need them most then).
   service: NOT_FOUND), before that answer leaves. Health.List, which grpcio's servicer does not implement,
   is answered UNIMPLEMENTED.
 - A stream (Health.Watch, ServerReflectionInfo) is logged OK when it is admitted; it may then stay open for
-  days, so the caller's certificate is checked again on every message in either direction, and a stream
-  whose certificate was revoked meanwhile ends UNAUTHENTICATED, with a second entry saying so.
+  days, so the caller's certificate is checked again on every message in either direction and, for a Watch
+  that writes only when the status changes, every RECHECK_S: a stream whose certificate was revoked or expired
+  meanwhile ends UNAUTHENTICATED, with a second entry saying so.
 
 An undecodable request is refused by jukinet.rpc.decode_guard before the guard (INVALID_ARGUMENT, logged
 once), as for every other service."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from jukinet.domain.errors import InvalidField
 from jukinet.domain.identity import Role
 from jukinet.rpc.authz import STANDARD_METHODS
-from jukinet.rpc.decode_guard import LenientServer, Refuse
+from jukinet.rpc.decode_guard import LenientServer, Refuse, Undecodable
 from jukinet.rpc.guard import Call, Guard, status_of
 
+RECHECK_S = 30.0  # how often a quiet stream's caller certificate is checked again
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 STANDARD_POLICY: dict[str, frozenset[Role]] = dict.fromkeys(STANDARD_METHODS, frozenset(Role))
 
@@ -77,23 +82,42 @@ def _stream(guard: Guard, method: str, inner: Any, *, streaming_requests: bool) 
         requests = _rechecked(first, call) if streaming_requests else first
         return requests, _GuardedContext(context, guard, call, log_abort=False)
 
-    if inspect.isasyncgenfunction(inner):
+    if inspect.iscoroutinefunction(inner):  # as grpc.aio tells them apart
 
-        async def generated(first: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def written(first: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             async with guard.call(context, method) as call:
                 await guard.log_served(call)
-                async for response in inner(*arguments(first, context, call)):
-                    call.check_open()
-                    yield response
+                await _rechecking(inner(*arguments(first, context, call)), call)
 
-        return generated
+        return written
 
-    async def written(first: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def generated(first: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         async with guard.call(context, method) as call:
             await guard.log_served(call)
-            await inner(*arguments(first, context, call))
+            async for response in inner(*arguments(first, context, call)):
+                call.check_open()
+                yield response
 
-    return written
+    return generated
+
+
+async def _rechecking(work: Coroutine[Any, Any, None], call: Call) -> None:
+    """Runs a stream handler that may go quiet for days (Watch writes only when the status changes), checking
+    the caller's certificate every RECHECK_S meanwhile: once it is revoked or expired the handler is stopped
+    and the check's error ends the call."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=RECHECK_S)
+            if done:
+                task.result()  # the handler's own outcome
+                return
+            call.check_open()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _rechecked(requests: AsyncIterator[Any], call: Call) -> AsyncIterator[Any]:
@@ -121,6 +145,13 @@ class _GuardedContext:
     async def write(self, message: Any) -> None:
         self._call.check_open()
         await self._context.write(message)
+
+    async def read(self) -> Any:
+        message = await self._context.read()
+        self._call.check_open()
+        if isinstance(message, Undecodable):
+            raise InvalidField("request", message.message)
+        return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)

@@ -14,8 +14,9 @@ from sqlalchemy import text
 
 from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import certificate_serial, create_ca, ensure, revoke
+from jukinet.rpc import standard_services
 from jukinet.rpc.runtime import RunningNode
-from tests.helpers.nodes import channel, sqlite_center
+from tests.helpers.nodes import channel, eventually, sqlite_center
 
 pytestmark = pytest.mark.integration
 
@@ -99,19 +100,33 @@ async def test_an_undecodable_health_check_is_refused_and_logged_once(center: Ru
     assert await entries(center, CHECK) == [(AGENCY.uri, "INVALID_ARGUMENT")]
 
 
+@pytest.mark.parametrize("status_changes", [True, False], ids=["at-the-next-write", "while-quiet"])
 async def test_watch_streams_the_status_and_ends_once_the_certificate_is_revoked(
-    center: RunningNode, own_pki: Path
+    center: RunningNode, own_pki: Path, monkeypatch: pytest.MonkeyPatch, status_changes: bool
 ) -> None:
+    """A Watch writes only when the status changes: its caller is checked at each write and every RECHECK_S."""
+    monkeypatch.setattr(standard_services, "RECHECK_S", 0.2 if not status_changes else 60.0)
     async with channel(own_pki, AGENCY.uri, center.address) as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
         first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
         revoke(own_pki, [certificate_serial(own_pki / "agency-pension.pem")])
-        await center.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # the next write rechecks
+        if status_changes:
+            await center.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await watch.read()
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert await entries(center, WATCH) == [(AGENCY.uri, "OK"), (AGENCY.uri, "UNAUTHENTICATED")]
+
+
+async def test_a_watch_the_caller_cancels_is_counted_cancelled(center: RunningNode, own_pki: Path) -> None:
+    async with channel(own_pki, AGENCY.uri, center.address) as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+    rpcs = center.ctx.metrics.rpcs
+    await eventually(lambda: rpcs.labels("Watch", "CANCELLED")._value.get() == 1)
+    assert await entries(center, WATCH) == [(AGENCY.uri, "OK")]
 
 
 async def test_an_open_reflection_stream_ends_once_the_certificate_is_revoked(

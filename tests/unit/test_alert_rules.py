@@ -25,17 +25,19 @@ def rules() -> list[dict[str, Any]]:
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 
-def exported() -> tuple[set[str], set[str]]:
-    """Sample names and label names of a node's registry (labelled metrics show their samples once used)."""
+def exported() -> dict[str, set[str]]:
+    """Each exported sample name with its label names (labelled metrics show their samples once used)."""
     metrics = NodeMetrics()
     metrics.count_rpc("RecordChange", "OK", 0.01)
-    metrics.changes_refused.labels("INVALID_FIELD").inc()
     metrics.code_anomalies.labels("never_issued").set(0)
     metrics.agency_rate_anomalies.labels("pension").inc()
     metrics.audit_checkpoints.labels("signed").inc()
     metrics.node_info.labels("jukinet://center", "center").set(1)
-    samples = [sample for family in metrics.registry.collect() for sample in family.samples]
-    return {s.name for s in samples}, {label for s in samples for label in s.labels} | {"instance", "job"}
+    labels: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            labels.setdefault(sample.name, {"instance", "job"}).update(sample.labels)
+    return labels
 
 
 def test_every_rule_is_complete_and_uniquely_named() -> None:
@@ -52,14 +54,19 @@ def test_every_rule_is_complete_and_uniquely_named() -> None:
 
 @pytest.mark.parametrize("rule", rules(), ids=lambda r: r["alert"])
 def test_a_rule_names_only_exported_metrics_and_labels(rule: dict[str, Any]) -> None:
-    names, labels = exported()
+    labels = exported()
     expr = rule["expr"]
     named = set(METRIC.findall(expr))
     assert named or "up{" in expr, "a rule on nothing a node exports"
-    assert named <= names, f"not exported by any node: {sorted(named - names)}"
-    used = {m for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr) for m in re.findall(r"\w+", group)}
-    used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr))
-    assert used <= labels, f"labels no node exports: {sorted(used - labels)}"
+    assert named <= labels.keys(), f"not exported by any node: {sorted(named - labels.keys())}"
+    for metric, matchers in re.findall(r"\b(jukinet_[a-z0-9_]+)\{([^}]*)\}", expr):  # each selector's own labels
+        used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+        assert used <= labels[metric], f"{metric} has no label {sorted(used - labels[metric])}"
+    grouped = {
+        m for g in re.findall(r"\b(?:by|on|ignoring|without)\s*\(([^)]*)\)", expr) for m in re.findall(r"\w+", g)
+    }
+    every = set().union(*(labels[m] for m in named)) if named else {"instance", "job"}
+    assert grouped <= every, f"grouping by labels none of its metrics has: {sorted(grouped - every)}"
 
 
 def test_the_scrape_config_loads_the_rules_from_the_metrics_path() -> None:
