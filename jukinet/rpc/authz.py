@@ -93,6 +93,9 @@ def check_operator_of(caller: NodeId, node: NodeId) -> None:
         raise WrongRole(f"{caller.uri} is not an operator of {node.uri} (expected operator/{expected}/…)")
 
 
+POLICIES = {"municipality": MUNICIPALITY_POLICY, "prefecture": PREFECTURE_POLICY, "center": CENTER_POLICY}
+
+
 def crosses_links(method: str, policy: dict[str, frozenset[Role]]) -> bool:
     """Calls the emergency cut-off stops: everything but operator calls and the municipality's own
     register system (its internal side, not a network link)."""

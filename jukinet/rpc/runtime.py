@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import grpc
@@ -28,9 +29,16 @@ from jukinet.pki import (
     server_name,
 )
 from jukinet.rpc import event_loop
+from jukinet.rpc.authz import POLICIES
 from jukinet.rpc.decode_guard import LenientServer
 from jukinet.rpc.guard import Guard
-from jukinet.rpc.standard_services import STANDARD_POLICY, add_standard_services
+from jukinet.rpc.standard_services import (
+    STANDARD_POLICY,
+    add_standard_services,
+    health_follows_switch,
+    link_services,
+    set_service_health,
+)
 from jukinet.rpc.switch import LinkSwitch, load_reason
 from jukinet.storage import Store
 
@@ -110,7 +118,7 @@ class RunningNode:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.enter_graceful_shutdown()  # every service NOT_SERVING, for good
         await self.server.stop(grace=2.0)
         for task in self.tasks:
             task.cancel()
@@ -167,6 +175,9 @@ async def start_node(config: NodeConfig, build: Callable[[NodeContext], NodePart
         add(registrar)
     standard = Guard(store, metrics, STANDARD_POLICY, None, ctx.revocations)  # no cut-off: operators need them
     health_servicer = add_standard_services(server, standard, refusals.refuse_undecodable, parts.service_names)
+    links = link_services(parts.service_names, POLICIES[config.kind])
+    await set_service_health(health_servicer, switch, parts.service_names, links)  # before the first call
+    parts.tasks.append(partial(health_follows_switch, health_servicer, switch, parts.service_names, links))
     port = server.add_secure_port(config.listen, server_credentials(paths))
     if port == 0:
         raise SystemExit(f"could not listen on {config.listen}: is the port in use?")

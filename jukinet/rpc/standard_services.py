@@ -16,14 +16,18 @@ off (operators need them most then).
   meanwhile ends UNAUTHENTICATED, with a second entry saying so.
 
 An undecodable request is refused by jukinet.rpc.decode_guard before the guard (INVALID_ARGUMENT, logged
-once), as for every other service."""
+once), as for every other service.
+
+Health has a status per service (health_follows_switch): SERVING, except that while an operator has cut the
+node off, every service with a method the cut-off stops is NOT_SERVING; "" (the node) is SERVING until it
+stops."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -32,9 +36,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from jukinet.domain.errors import InvalidField
 from jukinet.domain.identity import Role
-from jukinet.rpc.authz import STANDARD_METHODS
+from jukinet.rpc.authz import STANDARD_METHODS, crosses_links
 from jukinet.rpc.decode_guard import LenientServer, Refuse, Undecodable
 from jukinet.rpc.guard import Call, Guard, status_of
+from jukinet.rpc.switch import LinkSwitch
 
 RECHECK_S = 30.0  # how often a quiet stream's caller certificate is checked again
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -169,3 +174,37 @@ def add_standard_services(server: grpc.aio.Server, guard: Guard, refuse: Refuse,
         registrar,
     )
     return health_servicer
+
+
+def link_services(service_names: Sequence[str], policy: Mapping[str, frozenset[Role]]) -> list[str]:
+    """The services whose calls cross the node's links (the cut-off stops them), per the node's policy."""
+    return [
+        name
+        for name in service_names
+        if any(crosses_links(method, dict(policy)) for method in policy if method.startswith(f"/{name}/"))
+    ]
+
+
+async def set_service_health(
+    health_servicer: Any, switch: LinkSwitch, service_names: Sequence[str], links: Sequence[str]
+) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in service_names:
+        await health_servicer.set(name, not_serving if switch.cut_off and name in links else serving)
+
+
+async def health_follows_switch(
+    health_servicer: Any, switch: LinkSwitch, service_names: Sequence[str], links: Sequence[str], stop: asyncio.Event
+) -> None:
+    """Keeps each service's health status: SERVING, except the services in `links` while an operator has cut
+    the node off (NOT_SERVING: a load balancer or a peer's probe stops sending them calls that would only be
+    refused). The node as a whole ("") stays SERVING until it stops."""
+    while not stop.is_set():
+        await set_service_health(health_servicer, switch, service_names, links)
+        changed = asyncio.ensure_future(switch.changed())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({changed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (changed, stopped):
+                waiter.cancel()

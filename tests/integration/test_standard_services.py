@@ -16,6 +16,7 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.pki import certificate_serial, create_ca, ensure, revoke
 from jukinet.rpc import standard_services
 from jukinet.rpc.runtime import RunningNode
+from jukinet.wire.v1 import admin_pb2, admin_pb2_grpc
 from tests.helpers.nodes import channel, eventually, sqlite_center
 
 pytestmark = pytest.mark.integration
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 AGENCY = NodeId(Role.AGENCY, "pension")
 PREFECTURE = NodeId(Role.PREFECTURE, "13")
 VIEWER = NodeId(Role.OPERATOR, "viewer", "center")
+ADMIN = NodeId(Role.OPERATOR, "admin", "center")
 CHECK = "/grpc.health.v1.Health/Check"
 WATCH = "/grpc.health.v1.Health/Watch"
 LIST = "/grpc.health.v1.Health/List"
@@ -36,6 +38,7 @@ def own_pki(tmp_path: Path) -> Path:
     for identity in (NodeId(Role.CENTER), AGENCY, PREFECTURE):
         ensure(pki, identity)
     ensure(pki, VIEWER, role="viewer")  # the lowest operator role
+    ensure(pki, ADMIN, role="security-admin")
     return pki
 
 
@@ -177,3 +180,31 @@ async def test_a_revoked_certificate_is_refused_by_health_and_reflection_too(
     assert reflected.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert await entries(center, CHECK) == [(AGENCY.uri, "UNAUTHENTICATED")]
     assert await entries(center, REFLECT) == [(AGENCY.uri, "UNAUTHENTICATED")]
+
+
+async def test_each_service_has_a_status_and_the_cut_off_takes_the_link_services_out(
+    center: RunningNode, own_pki: Path
+) -> None:
+    """Per-service health: SERVING; while an operator has cut the node off, the services whose calls cross its
+    links are NOT_SERVING and the operator's own stay SERVING; resume brings them back."""
+    link, own = "jukinet.wire.v1.ProvisionService", "jukinet.wire.v1.AdminService"
+
+    async def statuses(ch: grpc.aio.Channel) -> dict[str, int]:
+        stub = health_pb2_grpc.HealthStub(ch)
+        return {
+            name: (await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)).status
+            for name in ("", link, own)
+        }
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    async with channel(own_pki, ADMIN.uri, center.address) as ch:
+
+        async def reached(expected: dict[str, int]) -> bool:
+            return await statuses(ch) == expected
+
+        await eventually(lambda: reached({"": serving, link: serving, own: serving}))
+        admin = admin_pb2_grpc.AdminServiceStub(ch)
+        await admin.CutOff(admin_pb2.CutOffRequest(reason="drill"), timeout=5)
+        await eventually(lambda: reached({"": serving, link: not_serving, own: serving}))
+        await admin.Resume(admin_pb2.ResumeRequest(), timeout=5)
+        await eventually(lambda: reached({"": serving, link: serving, own: serving}))
