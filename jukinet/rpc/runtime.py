@@ -103,6 +103,8 @@ class RunningNode:
         self.port = port
         self.metrics_server = metrics_server
         self.metrics_port = int(metrics_server.server_port)
+        host = str(metrics_server.server_address[0])  # as bound (IPv6 too)
+        self.metrics_address = f"[{host}]:{self.metrics_port}" if ":" in host else f"{host}:{self.metrics_port}"
         self.stop_event = asyncio.Event()
         self._health = health_servicer
         self.tasks: list[asyncio.Task[None]] = [asyncio.ensure_future(task(self.stop_event)) for task in parts.tasks]
@@ -193,7 +195,7 @@ async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) 
         "event": "node_ready",
         "node": config.identity.uri,
         "listen": node.address,
-        "metrics": _host_port(config.metrics_listen.rpartition(":")[0].strip("[]") or "127.0.0.1", node.metrics_port),
+        "metrics": node.metrics_address,
         "pid": os.getpid(),
     }
     tune_gc()
@@ -212,7 +214,3 @@ async def _serve(config: NodeConfig, build: Callable[[NodeContext], NodeParts]) 
         await node.stop()
         log.info("node_stopped")
         sys.stderr.flush()
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -176,12 +176,12 @@ def add_standard_services(server: grpc.aio.Server, guard: Guard, refuse: Refuse,
     return health_servicer
 
 
-def link_services(service_names: Sequence[str], policy: Mapping[str, frozenset[Role]]) -> list[str]:
+def link_services(service_names: Sequence[str], policy: dict[str, frozenset[Role]]) -> list[str]:
     """The services whose calls cross the node's links (the cut-off stops them), per the node's policy."""
     return [
         name
         for name in service_names
-        if any(crosses_links(method, dict(policy)) for method in policy if method.startswith(f"/{name}/"))
+        if any(crosses_links(method, policy) for method in policy if method.startswith(f"/{name}/"))
     ]
 
 
@@ -198,9 +198,9 @@ async def health_follows_switch(
 ) -> None:
     """Keeps each service's health status: SERVING, except the services in `links` while an operator has cut
     the node off (NOT_SERVING: a load balancer or a peer's probe stops sending them calls that would only be
-    refused). The node as a whole ("") stays SERVING until it stops."""
-    while not stop.is_set():
-        await set_service_health(health_servicer, switch, service_names, links)
+    refused). The node as a whole ("") stays SERVING until it stops. The statuses at start are set_service_health's,
+    before the server takes its first call; this follows each cut-off and resume after that."""
+    while True:
         changed = asyncio.ensure_future(switch.changed())
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -208,3 +208,6 @@ async def health_follows_switch(
         finally:
             for waiter in (changed, stopped):
                 waiter.cancel()
+        if stop.is_set():
+            return
+        await set_service_health(health_servicer, switch, service_names, links)
