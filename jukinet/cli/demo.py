@@ -140,10 +140,11 @@ async def run_demo(root: Path, residents: int, changes: int, seed: int) -> bool:
     op = Operator(net)
     try:
         nodes = Table(title="jukinet local network (mutual TLS gRPC on 127.0.0.1)")
-        for column in ("node", "gRPC", "dashboard", "Prometheus metrics"):
-            nodes.add_column(column, no_wrap=True)
+        nodes.add_column("node", no_wrap=True)
+        for column in ("gRPC", "dashboard (+ /metrics)"):
+            nodes.add_column(column, overflow="fold")  # a narrow terminal wraps an address, never cuts it
         for node in net.nodes.values():
-            nodes.add_row(node.identity.uri, node.listen, f"http://{node.metrics}/", f"http://{node.metrics}/metrics")
+            nodes.add_row(node.identity.uri, node.listen, f"http://{node.metrics}/")
         console.print(nodes)
         console.print(f"run folder {root}: pki/, config/ (one TOML per node), data/ (SQLite), logs/ (JSON lines)")
         await wait_for_codes(net, op)
