@@ -8,13 +8,14 @@ c=16, 2026-12-01). A LoopBatcher runs the same batch function, `finish` and comm
 fsync included) on the event loop, on a connection of its own, and answers each caller after that commit.
 
 Grouping. The loop blocks for a transaction's statements and its fsync, so each one must serve many calls.
-The first call that finds no group waiting starts a `linger_s` timer; every call until it fires joins the
+The first call that finds no group waiting starts a linger timer; every call until it fires joins the
 group (or `max_items` of them flush it at once). With linger 0 a group held about one call and lookups/s
-fell by 14 %; with 5 ms groups held 4-7 calls at concurrency 16 and the center answered 20-30 % more
-lookups per second than through the writer thread. But with 5 ms the center sat idle half the time at
-concurrency 16 (bench/provision.py: 50 % of the vCPUs busy against 92 % for the bare handler, p50 8-10 ms,
-of which the linger was 5): 16 callers in flight are latency-bound. 2 ms gave 0.461-0.479 of the bare
-handler against 0.448-0.460 for 5 ms in interleaved --quick runs (2026-12-02), with lower worst p99s.
+fell by 14 %; with a linger the center answered 20-30 % more lookups per second than through the writer
+thread. How long to linger, and when a group is complete before its linger ends, is
+jukinet.storage.group_timing's policy (adaptive: in proportion to the measured transaction); a fixed
+`linger_s` pins it (tests). History: a fixed 2 ms won against 5 ms on a fast stretch of the VM (0.461-0.479
+of the bare handler against 0.448-0.460, 2026-12-02) and lost badly to the adaptive policy on a slow one
+(0.34 against 0.55): a linger's worth depends on the machine's speed.
 
 A caller alone pays the linger without any gain, so a timer that fires with fewer than `min_group` calls
 switches to prompt mode for at most `quiet_s`: each call is flushed on the next turn of the loop. The first
@@ -40,11 +41,11 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
 from jukinet.storage.batcher import BatchFn, FinishFn, I, O, WriteBatcher
+from jukinet.storage.group_timing import GroupTiming
 from jukinet.storage.store import Store
 
 log = structlog.get_logger(__name__)
 
-LINGER_S = 0.002
 MAX_ITEMS = 64
 MIN_GROUP = 2
 QUIET_S = 0.05
@@ -59,7 +60,8 @@ class LoopBatcher(Generic[I, O]):
         *,
         finish: "FinishFn[I, O]",
         fallback: WriteBatcher[I, O],
-        linger_s: float = LINGER_S,
+        linger_s: float | None = None,
+        timing: GroupTiming | None = None,
         max_items: int = MAX_ITEMS,
         min_group: int = MIN_GROUP,
         quiet_s: float = QUIET_S,
@@ -74,7 +76,8 @@ class LoopBatcher(Generic[I, O]):
         self._run = run
         self._finish = finish
         self._fallback = fallback
-        self.linger_s = linger_s
+        self._timing = timing if timing is not None else GroupTiming(fixed_linger_s=linger_s)
+        self._lingered_out = False  # the group being flushed waited out its linger or filled up
         self.max_items = max_items
         self.min_group = min_group
         self.quiet_s = quiet_s
@@ -96,10 +99,16 @@ class LoopBatcher(Generic[I, O]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[O] = loop.create_future()
         self._pending.append((item, future))
-        if len(self._pending) >= self.max_items or self._clock() < self._prompt_until:
+        waiting = len(self._pending)
+        if waiting >= self.max_items:
+            self._lingered_out = True
             self._flush_soon(loop)
+        elif self._clock() < self._prompt_until:
+            self._flush_soon(loop)
+        elif (full := self._timing.full_at(self._clock())) >= self.min_group and waiting >= full:
+            self._flush_soon(loop)  # everyone a group held lately is here: lingering on would idle the loop
         elif self._timer is None and not self._flush_queued:
-            self._timer = loop.call_later(self.linger_s, self._linger_over)
+            self._timer = loop.call_later(self._timing.linger_s(), self._linger_over)
         return await future
 
     def close(self) -> None:
@@ -120,6 +129,7 @@ class LoopBatcher(Generic[I, O]):
 
     def _linger_over(self) -> None:
         self._timer = None
+        self._lingered_out = True
         if len(self._pending) < self.min_group:  # few callers: lingering only delays them
             self._prompt_until = self._clock() + self.quiet_s
         self._flush()
@@ -132,6 +142,7 @@ class LoopBatcher(Generic[I, O]):
         # Callers that gave up meanwhile (deadline, cancellation) get nothing: leave them out of the logs.
         taken = [(item, future) for item, future in self._pending if not future.cancelled()]
         self._pending = []
+        lingered, self._lingered_out = self._lingered_out, False
         if not taken:
             return
         if len(taken) >= self.min_group:  # company again: the next group lingers for it
@@ -152,7 +163,9 @@ class LoopBatcher(Generic[I, O]):
                     future.set_exception(error)
             return
         self.groups += 1
-        self._store.report_group(1, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._timing.committed(len(taken), took, self._clock(), lingered=lingered)
+        self._store.report_group(1, took)
         self._report(len(taken), 0)
         for (_, future), result in zip(taken, results, strict=True):
             if future.done():

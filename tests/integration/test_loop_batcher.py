@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy import Connection, text
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.storage import Store
 from jukinet.storage.batcher import WriteBatcher
+from jukinet.storage.group_timing import GroupTiming
 from jukinet.storage.loop_batcher import LoopBatcher
 
 
@@ -134,6 +136,33 @@ async def test_prompt_mode_ends_when_a_flush_finds_company(store: Store) -> None
     second = asyncio.ensure_future(batcher.submit(10))
     assert list(await asyncio.gather(first, second)) == [80, 100]
     assert rec.groups == [[2], [4, 6], [8, 10]]  # the last two lingered together
+    batcher.close()
+
+
+async def test_a_group_as_large_as_a_recent_lingered_one_commits_without_waiting(store: Store) -> None:
+    """Adaptive timing (the default): once as many calls wait as the last group that lingered to its end
+    held, the group commits at once; fewer keep lingering. The linger here is a minute, so a group that
+    completed did not wait it out."""
+    rec = Recorder()
+    timing = GroupTiming(min_s=60.0, max_s=60.0)
+    batcher = LoopBatcher(
+        store, rec.run, finish=rec.finish, fallback=WriteBatcher(store, rec.run, finish=rec.finish), timing=timing
+    )
+    first = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 4, 6)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not any(f.done() for f in first)  # no group measured yet: it lingers
+    timing.committed(3, 0.001, now=time.monotonic(), lingered=True)  # as if a group of three had lingered
+    last = asyncio.ensure_future(batcher.submit(8))  # the fourth call: more than three wait, commit now
+    assert await asyncio.wait_for(asyncio.gather(*first, last), timeout=10) == [20, 40, 60, 80]
+    timing.committed(4, 0.001, now=time.monotonic(), lingered=True)
+    pair = [asyncio.ensure_future(batcher.submit(n)) for n in (10, 12)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not any(f.done() for f in pair)  # two of four: they linger
+    rest = [asyncio.ensure_future(batcher.submit(n)) for n in (14, 16)]
+    assert await asyncio.wait_for(asyncio.gather(*pair, *rest), timeout=10) == [100, 120, 140, 160]
+    assert rec.groups == [[2, 4, 6, 8], [10, 12, 14, 16]]
     batcher.close()
 
 
