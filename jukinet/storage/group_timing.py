@@ -10,7 +10,7 @@ head, the commit's fsync) that the group shares. The linger follows the measured
 `per_transaction` times an exponentially weighted mean of recent group transactions, within
 [`min_s`, `max_s`].
 
-Measured with bench/provision.py --quick on a slow stretch of the 2-vCPU VM (2026-12-02, tenth session; a
+Measured with bench/provision.py --quick on a slow stretch of the 2-vCPU VM (2026-12-02, eleventh session; a
 group transaction took 1.4-2.2 ms there, fsync alone 0.37 ms): a fixed 2 ms linger gathered 2.4-3.2 calls
 a group at concurrency 16 and the center answered 0.34-0.35 of the bare handler; 3 x the transaction
 (about 6 ms there) gathered 11-13 and answered 0.49-0.55. A fixed 6 ms was worse (0.43): the time is right
