@@ -17,7 +17,7 @@ from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import SECURE_SERVER_OPTIONS, create_ca, ensure, server_credentials
 from jukinet.rpc.guard import Guard
 from jukinet.storage import Store
-from tests.helpers.nodes import channel
+from tests.helpers.nodes import channel, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -105,5 +105,8 @@ async def test_the_answer_and_what_is_counted(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"", timeout=5)
     assert caught.value.code() is status
+    # The status reaches the caller as the handler aborts; the guard counts it on its way out, a moment later
+    # (the server shares this test's event loop): wait for it, within a bound.
+    await eventually(lambda: metrics.rpcs.labels(method, status.name)._value.get() == 1, timeout=10)
     assert metrics.rpcs.labels(method, status.name)._value.get() == 1
     assert metrics.internal_errors._value.get() == internal
