@@ -26,6 +26,7 @@ from jukinet.services.provision import LookupRequest, bulk_lookup, log_lookups, 
 from jukinet.services.relay import CallInfo
 from jukinet.storage import make_engine
 from jukinet.storage.center_tx import CenterTx
+from jukinet.storage.rows import REGISTRATION_COLUMNS
 from jukinet.wire.v1 import provision_pb2
 
 CODES = [resident_code_from_body(f"{n:010d}") for n in range(100, 112)]
@@ -196,3 +197,39 @@ def test_the_shortcut_is_taken_for_a_single_active_registration_only(engine: Eng
     assert [item.row is not None for item in items] == [True, False, False]
     assert items[2].provided is not None
     assert items[2].provided.record.holder == "132187"
+
+
+# Text a registration may hold (validated at the edge: no NUL), with what JSON has to escape or encode.
+_AWKWARD_TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30
+) | st.sampled_from(('"quoted"', "back\\slash", "tab\there", "line\nbreak", "𠮷野家", "\u3000全角\u3000", "\\u0041"))
+_SELECT_ALL = f"SELECT {', '.join(REGISTRATION_COLUMNS)} FROM registration"  # noqa: S608 - constant names
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(_AWKWARD_TEXT, min_size=3, max_size=3),
+    numbers=st.lists(st.integers(0, 2**62), min_size=2, max_size=2),
+)
+def test_registration_rows_come_back_exactly_as_stored(engine: Engine, texts: list[str], numbers: list[int]) -> None:
+    """On SQLite registration_rows_of reads the rows packed in one JSON value (see SqlTx._registration_rows):
+    every text and integer must come back exactly, as the driver's own rows bring them."""
+    name, alias, address = texts
+    stored: RegistrationRow = (
+        CODES[0], "132080", True, 2, "2020-04-01", numbers[0], numbers[1], CODES[2], name, alias,
+        "1980-02-29", 1, address,
+    )  # fmt: skip
+    other: RegistrationRow = (CODES[0], "012084", False, 10, "2019-01-01", 1, 2, "", "x", "", "1970-01-01", 2, "y")
+    with _rolled_back(engine) as conn:
+        tx = CenterTx(conn)
+        tx.upsert_registration_rows([stored, other])
+        found = tx.registration_rows_of([CODES[0], CODES[1]])
+        plain = [tuple(row) for row in conn.execute(text(_SELECT_ALL))]
+    assert sorted(found) == [CODES[0]]
+    assert sorted(found[CODES[0]], key=lambda r: r[1]) == sorted(plain, key=lambda r: r[1])
+    by_place = {row[1]: row for row in found[CODES[0]]}
+    assert by_place["132080"][8:10] == (name, alias)
+    assert by_place["132080"][12] == address
+    assert by_place["132080"][5:7] == tuple(numbers)
+    assert by_place["132080"][2]
+    assert not by_place["012084"][2]
