@@ -198,6 +198,9 @@ class _Page:
                 ("agency lookups (unary)", f"{_n(calls)} ({self.rate('jukinet_lookup_transaction_calls_sum')})")
             )
             rows.append(("lookups per transaction (mean)", f"{calls / groups:,.1f}"))
+            linger = self.s.get("jukinet_lookup_linger_seconds")
+            if linger is not None:
+                rows.append(("lookup group linger", f"{linger * 1000:,.1f} ms"))
         handed = self.s.get("jukinet_lookups_handed_to_writer_total")
         if handed:
             rows.append(("lookups that waited behind the writer", _n(handed)))

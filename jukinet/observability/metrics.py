@@ -150,6 +150,12 @@ class NodeMetrics:
             registry=r,
             buckets=GROUP_SIZES,
         )
+        self.lookup_linger = Gauge(
+            "jukinet_lookup_linger_seconds",
+            "How long a group of unary agency lookups waits for company before its transaction (SQLite, the"
+            " center's event loop): adapted to the measured transaction time (jukinet/storage/group_timing.py).",
+            registry=r,
+        )
         self.lookups_handed_over = Counter(
             "jukinet_lookups_handed_to_writer",
             "Agency lookups queued behind the writer thread because it held the write lock when their group"
@@ -180,8 +186,9 @@ class NodeMetrics:
         self.wal_pending_frames.set(pending_frames)
         self.wal_checkpoint_seconds.observe(seconds)
 
-    def observe_lookup_group(self, committed: int, handed_over: int) -> None:
+    def observe_lookup_group(self, committed: int, handed_over: int, linger_s: float) -> None:
         """One group of unary lookups (LoopBatcher's on_flush hook; runs on the event loop)."""
+        self.lookup_linger.set(linger_s)
         if committed:
             self.lookup_group_calls.observe(committed)
         if handed_over:

@@ -66,10 +66,11 @@ class LoopBatcher(Generic[I, O]):
         min_group: int = MIN_GROUP,
         quiet_s: float = QUIET_S,
         clock: Callable[[], float] = time.monotonic,
-        on_flush: Callable[[int, int], None] | None = None,
+        on_flush: Callable[[int, int, float], None] | None = None,
     ) -> None:
-        """`on_flush(committed, handed_over)` is told, for each group, how many calls its transaction on the
-        loop answered and how many went to the writer thread instead (one of the two is 0)."""
+        """`on_flush(committed, handed_over, linger_s)` is told, for each group, how many calls its transaction
+        on the loop answered and how many went to the writer thread instead (one of the two is 0), and the
+        linger the next group will wait (GroupTiming's, after this group)."""
         if store.dialect != "sqlite":
             raise ValueError("LoopBatcher runs SQLite transactions on the event loop; use WriteBatcher elsewhere")
         self._store = store
@@ -179,7 +180,7 @@ class LoopBatcher(Generic[I, O]):
         if self._on_flush is None:
             return
         try:
-            self._on_flush(committed, handed_over)
+            self._on_flush(committed, handed_over, self._timing.linger_s())
         except Exception as error:  # a metrics hiccup must not fail calls already committed
             log.warning("loop_batcher_report_failed", error=repr(error))
 

@@ -144,9 +144,15 @@ async def test_a_group_as_large_as_a_recent_lingered_one_commits_without_waiting
     held, the group commits at once; fewer keep lingering. The linger here is a minute, so a group that
     completed did not wait it out."""
     rec = Recorder()
+    metrics = NodeMetrics()
     timing = GroupTiming(min_s=60.0, max_s=60.0)
     batcher = LoopBatcher(
-        store, rec.run, finish=rec.finish, fallback=WriteBatcher(store, rec.run, finish=rec.finish), timing=timing
+        store,
+        rec.run,
+        finish=rec.finish,
+        fallback=WriteBatcher(store, rec.run, finish=rec.finish),
+        timing=timing,
+        on_flush=metrics.observe_lookup_group,
     )
     first = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 4, 6)]
     for _ in range(5):
@@ -163,6 +169,7 @@ async def test_a_group_as_large_as_a_recent_lingered_one_commits_without_waiting
     rest = [asyncio.ensure_future(batcher.submit(n)) for n in (14, 16)]
     assert await asyncio.wait_for(asyncio.gather(*pair, *rest), timeout=10) == [100, 120, 140, 160]
     assert rec.groups == [[2, 4, 6, 8], [10, 12, 14, 16]]
+    assert sample(metrics, "jukinet_lookup_linger_seconds") == 60.0  # what operators see of the timing
     batcher.close()
 
 

@@ -39,14 +39,15 @@ def test_a_cut_off_prefecture_without_upstream_shows_both_and_the_lag() -> None:
 
 def test_a_healthy_center_has_no_upstream_badge_and_shows_its_agency_side() -> None:
     metrics = NodeMetrics()
-    metrics.observe_lookup_group(6, 0)
-    metrics.observe_lookup_group(2, 0)
+    metrics.observe_lookup_group(6, 0, 0.003)
+    metrics.observe_lookup_group(2, 0, 0.0042)
     metrics.agency_rate_anomalies.labels("pension").inc()
     page = board(metrics, "jukinet://center", "center", [0.0]).render()
     assert "links open" in page
     assert "upstream" not in page
     assert "<td>agency lookups (unary)</td><td>8 (–)</td>" in page
     assert "<td>lookups per transaction (mean)</td><td>4.0</td>" in page
+    assert "<td>lookup group linger</td><td>4.2 ms</td>" in page  # the latest
     assert "<td>rate anomalies: agency pension</td><td>1</td>" in page
 
 
