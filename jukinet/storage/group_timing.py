@@ -67,8 +67,7 @@ class GroupTiming:
     def committed(self, calls: int, seconds: float, now: float, *, lingered: bool) -> None:
         """A group of `calls` committed on the loop in `seconds` (its statements and commit); `lingered`: it
         waited out its whole linger or filled up (not committed early, nor alone in a lull)."""
-        if seconds >= 0:
-            self.transaction_s += WEIGHT * (seconds - self.transaction_s)
+        self.transaction_s += WEIGHT * (seconds - self.transaction_s)
         if lingered:
             while self._lingered and self._lingered[-1][1] <= calls:
                 self._lingered.pop()

@@ -12,10 +12,10 @@ The first call that finds no group waiting starts a linger timer; every call unt
 group (or `max_items` of them flush it at once). With linger 0 a group held about one call and lookups/s
 fell by 14 %; with a linger the center answered 20-30 % more lookups per second than through the writer
 thread. How long to linger, and when a group is complete before its linger ends, is
-jukinet.storage.group_timing's policy (adaptive: in proportion to the measured transaction); a fixed
-`linger_s` pins it (tests). History: a fixed 2 ms won against 5 ms on a fast stretch of the VM (0.461-0.479
-of the bare handler against 0.448-0.460, 2026-12-02) and lost badly to the adaptive policy on a slow one
-(0.34 against 0.55): a linger's worth depends on the machine's speed.
+jukinet.storage.group_timing's policy (adaptive: in proportion to the measured transaction); a
+GroupTiming with a fixed linger pins it (tests). History: a fixed 2 ms won against 5 ms on a fast stretch
+of the VM (0.461-0.479 of the bare handler against 0.448-0.460, 2026-12-02) and lost badly to the adaptive
+policy on a slow one (0.34 against 0.55): a linger's worth depends on the machine's speed.
 
 A caller alone pays the linger without any gain, so a timer that fires with fewer than `min_group` calls
 switches to prompt mode for at most `quiet_s`: each call is flushed on the next turn of the loop. The first
@@ -60,7 +60,6 @@ class LoopBatcher(Generic[I, O]):
         *,
         finish: "FinishFn[I, O]",
         fallback: WriteBatcher[I, O],
-        linger_s: float | None = None,
         timing: GroupTiming | None = None,
         max_items: int = MAX_ITEMS,
         min_group: int = MIN_GROUP,
@@ -77,7 +76,7 @@ class LoopBatcher(Generic[I, O]):
         self._run = run
         self._finish = finish
         self._fallback = fallback
-        self._timing = timing if timing is not None else GroupTiming(fixed_linger_s=linger_s)
+        self._timing = timing if timing is not None else GroupTiming()
         self._lingered_out = False  # the group being flushed waited out its linger or filled up
         self.max_items = max_items
         self.min_group = min_group
@@ -101,12 +100,13 @@ class LoopBatcher(Generic[I, O]):
         future: asyncio.Future[O] = loop.create_future()
         self._pending.append((item, future))
         waiting = len(self._pending)
+        now = self._clock()
         if waiting >= self.max_items:
             self._lingered_out = True
             self._flush_soon(loop)
-        elif self._clock() < self._prompt_until:
+        elif now < self._prompt_until:
             self._flush_soon(loop)
-        elif (full := self._timing.full_at(self._clock())) >= self.min_group and waiting >= full:
+        elif (full := self._timing.full_at(now)) >= self.min_group and waiting >= full:
             self._flush_soon(loop)  # everyone a group held lately is here: lingering on would idle the loop
         elif self._timer is None and not self._flush_queued:
             self._timer = loop.call_later(self._timing.linger_s(), self._linger_over)

@@ -56,8 +56,9 @@ class Recorder:
 
 
 def batcher_for(
-    store: Store, rec: Recorder, metrics: NodeMetrics | None = None, **options: float
+    store: Store, rec: Recorder, metrics: NodeMetrics | None = None, *, linger_s: float, **options: float
 ) -> LoopBatcher[int, int]:
+    """A batcher with a fixed linger (no adaptive timing, no early commits): groups the tests can predict."""
     fallback: WriteBatcher[int, int] = WriteBatcher(store, rec.run, finish=rec.finish)
     on_flush = None if metrics is None else metrics.observe_lookup_group
     return LoopBatcher(
@@ -65,6 +66,7 @@ def batcher_for(
         rec.run,
         finish=rec.finish,
         fallback=fallback,
+        timing=GroupTiming(fixed_linger_s=linger_s),
         on_flush=on_flush,
         **options,  # type: ignore[arg-type]
     )
