@@ -14,7 +14,7 @@ from jukinet.storage.schema import provision_key, provision_key_cursor, provisio
 
 # Databases created before this module carry the old per-entry index: it only costs, drop it.
 DROP_PER_ENTRY_INDEX = "DROP INDEX IF EXISTS ix_provision_log_resident_code"
-DEFAULT_BATCH = 100_000
+DEFAULT_BATCH = 250_000  # more than the indexer's min_entries: one job a catch-up, one pass over the index
 
 
 def indexed_through(conn: Connection) -> int:
