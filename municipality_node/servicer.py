@@ -14,7 +14,7 @@ from jukinet.domain.identity import NodeId, Role
 from jukinet.domain.model import EventRow, RegisterChange
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.rpc import authz
-from jukinet.rpc.convert import outcome_to_pb, register_change_from_pb, register_change_or_refusal
+from jukinet.rpc.convert import add_outcomes, outcome_to_pb, register_change_from_pb, register_change_or_refusal
 from jukinet.rpc.guard import AlreadyLogged, Call, Guard
 from jukinet.rpc.pipeline import StreamWrites, writes_in_order
 from jukinet.services.intake import Accepted, IntakeResult, Outcome, Refused, record_changes
@@ -114,5 +114,7 @@ class RegisterServicer(register_pb2_grpc.RegisterServiceServicer):
 
 
 async def _answer(recorded: Awaitable[IntakeResult] | None) -> register_pb2.RecordChangesResponse:
-    outcomes = (await recorded).outcomes if recorded is not None else []
-    return register_pb2.RecordChangesResponse(results=[outcome_to_pb(o) for o in outcomes])
+    response = register_pb2.RecordChangesResponse()
+    if recorded is not None:
+        add_outcomes(response.results, (await recorded).outcomes)
+    return response

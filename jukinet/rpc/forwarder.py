@@ -24,7 +24,7 @@ from jukinet.domain.model import EventRow
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.pki import channel_options
 from jukinet.rpc import authz
-from jukinet.rpc.convert import event_row_to_pb
+from jukinet.rpc.convert import add_event_rows
 from jukinet.rpc.guard import REQUEST_ID_KEY
 from jukinet.rpc.switch import LinkSwitch
 from jukinet.services.ports import AccessEntry
@@ -91,20 +91,23 @@ class Forwarder:
                 return
         self._recent_size = 0
 
-    def _take_recent(self, origin: str, first_seq: int) -> list[types_pb2.ChangeEvent] | None:
-        """Consecutive cached events from first_seq on (joining small batches up to the batch size)."""
+    def _take_recent(self, origin: str, first_seq: int, request: relay_pb2.PushEventsRequest) -> int:
+        """Adds consecutive cached events from first_seq on to `request` (joining small batches up to the
+        batch size); returns how many."""
         bucket = self._recent.get(origin, {})
-        batch: list[types_pb2.ChangeEvent] = []
-        while (part := bucket.get(first_seq + len(batch))) is not None:
-            if batch and len(batch) + len(part) > self._batch_size:
+        events = request.events
+        taken = 0
+        while (part := bucket.get(first_seq + taken)) is not None:
+            if taken and taken + len(part) > self._batch_size:
                 break  # never exceed the batch size by joining (a single cached part is <= MAX_BATCH)
-            del bucket[first_seq + len(batch)]
+            del bucket[first_seq + taken]
             self._recent_size -= len(part)
             if part and isinstance(part[0], EventRow):
-                batch.extend(event_row_to_pb(row) for row in part)
+                add_event_rows(events, part)
             else:
-                batch.extend(part)  # type: ignore[arg-type]  # a list of messages (mypy cannot narrow the union)
-        return batch or None
+                events.extend(part)  # type: ignore[arg-type]  # a list of messages (mypy cannot narrow the union)
+            taken += len(part)
+        return taken
 
     def _uncached_run(self, origin: str, first_seq: int) -> int:
         """How many events to read back from first_seq on: up to the next cached part (so the reads end where
@@ -271,15 +274,15 @@ class Forwarder:
                     reader.result()
                     raise ConnectionError("relay stream ack reader stopped")
                 after = sent.get(origin, 0)
-                batch = self._take_recent(origin, after + 1)
-                if batch is None:
+                request = relay_pb2.PushEventsRequest(origin=origin)
+                if not self._take_recent(origin, after + 1, request):
                     limit = self._uncached_run(origin, after + 1)
                     rows = await self._store.read(partial(_event_rows_after, origin, after, limit))
-                    batch = [event_row_to_pb(row) for row in rows]
+                    add_event_rows(request.events, rows)
+                batch = request.events
                 if not batch:
                     slots.release()
                     continue
-                request = relay_pb2.PushEventsRequest(origin=origin, events=batch)
                 first, last = batch[0], batch[-1]
                 oldest = first.recorded_time.seconds + first.recorded_time.nanos / 1e9
                 inflight.append((origin, first.seq, last.seq, oldest, [e.resident_code for e in batch]))

@@ -9,12 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jukinet.codes import resident_code_from_body
-from jukinet.domain.errors import InvalidField
+from jukinet.domain.errors import InvalidField, NotRegistered
 from jukinet.domain.model import ChangeEvent, ChangeReason, IdentityItems, Sex, event_row
 from jukinet.domain.registry_state import latest_registration_rows, registration_rows_from, registrations_from
-from jukinet.rpc.convert import event_row_to_pb, relayed_events_from_pb
+from jukinet.rpc.convert import add_event_rows, add_outcomes, event_row_to_pb, outcome_to_pb, relayed_events_from_pb
+from jukinet.services.intake import Accepted, Outcome, Refused
 from jukinet.storage import center_tx, rows
-from jukinet.wire.v1 import types_pb2
+from jukinet.wire.v1 import register_pb2, relay_pb2, types_pb2
 
 TODAY = dt.date(2026, 11, 20)
 T0 = dt.datetime(2026, 11, 1, 9, 0, 0, 123456, tzinfo=dt.UTC)
@@ -122,3 +123,56 @@ def test_a_bad_relayed_field_is_refused_by_name(change: object, field: str) -> N
     with pytest.raises(InvalidField) as refused:
         relayed_events_from_pb("132080", [pb], today=TODAY)
     assert refused.value.field == f"event 132080#{pb.seq}: {field}"
+
+
+@given(st.lists(events(), min_size=1, max_size=6))
+def test_rows_added_in_place_carry_every_value_of_the_event(run: list[ChangeEvent]) -> None:
+    request = relay_pb2.PushEventsRequest(origin="132080")
+    add_event_rows(request.events, [event_row(e) for e in run])
+    assert len(request.events) == len(run)
+    for event, pb in zip(run, request.events, strict=True):
+        assert pb == event_row_to_pb(event_row(event))
+        assert (pb.seq, pb.resident_code, pb.previous_code, pb.reason, pb.effective_date) == (
+            event.seq,
+            event.resident_code,
+            event.previous_code,
+            int(event.reason),
+            event.effective_date.isoformat(),
+        )
+        assert pb.recorded_time.ToDatetime(tzinfo=dt.UTC) == event.recorded_at
+        items = event.items
+        assert (pb.items.name, pb.items.alias, pb.items.birth_date, pb.items.sex, pb.items.address) == (
+            items.name,
+            items.alias,
+            items.birth_date.isoformat(),
+            int(items.sex),
+            items.address,
+        )
+
+
+def test_outcomes_added_in_place_answer_like_the_single_change_answer() -> None:
+    outcomes: list[Outcome] = [
+        Accepted("r1", resident_code_from_body("1234567890"), 41),
+        Refused("r2", InvalidField("items.name", "is required")),
+        Refused("r3", NotRegistered("resident 12345678903 is not registered at 132080")),
+    ]
+    response = register_pb2.RecordChangesResponse()
+    add_outcomes(response.results, outcomes)
+    assert list(response.results) == [outcome_to_pb(o) for o in outcomes]
+    accepted, invalid, unknown = response.results
+    assert (accepted.request_id, accepted.status_code, accepted.resident_code, accepted.seq) == (
+        "r1",
+        0,
+        "12345678903",
+        41,
+    )
+    assert accepted.message == accepted.field == accepted.error_reason == ""
+    assert (invalid.status_code, invalid.field, invalid.error_reason) == (3, "items.name", "INVALID_FIELD")
+    assert "is required" in invalid.message
+    assert (unknown.status_code, unknown.field, unknown.error_reason) == (
+        9,
+        "",
+        NotRegistered.reason,
+    )  # FAILED_PRECONDITION
+    assert unknown.resident_code == ""
+    assert unknown.seq == 0
