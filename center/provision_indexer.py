@@ -26,9 +26,10 @@ class ProvisionIndexer:
 
     Indexing seldom and in large batches keeps agency lookups steady. A job holds the write lock, and under
     closed-loop load every caller in flight waits for it; and a job costs about one pass over the index
-    whatever its size, since entries of random residents land on nearly every page of it (17,000 entries
-    into a 1.1-million-entry index dirtied most of its ~7,000 pages: 130-290 ms). Run every second, those
-    waits put 1 % of lookups above 20 ms at concurrency 16 (p99 22-35 ms in three rounds); every 10 s,
+    whatever its size, since entries of random residents land on nearly every page of it (offline, with
+    1.7-1.85 million entries indexed: 17,000 entries took 259 ms, 100,000 273 ms, 200,000 441 ms). Run
+    every second, those waits put 1 % of lookups above 20 ms at concurrency 16 (p99 22-35 ms in three
+    rounds); every 10 s,
     p99 was 15-18 ms and lookups/s 8 % higher (bench/provision.py --quick set-up, 2026-12-01). With no
     indexing at all, against a million residents, lookups/s were about 8 % higher again and the share of
     lookups above 20 ms fell from 0.7-1.0 % to 0.3-0.8 % (three interleaved 15 s passes each, 2026-12-02),
