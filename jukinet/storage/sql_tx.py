@@ -68,6 +68,10 @@ _SELECT_REGISTRATIONS_PACKED = (
     f"SELECT json_group_array(json_array({', '.join(rows.REGISTRATION_COLUMNS)}))"  # noqa: S608 - constant names
     " FROM registration WHERE resident_code IN ("
 )
+_SELECT_EVENTS_OF_PACKED = (
+    f"SELECT json_group_array(json_array({', '.join(rows.EVENT_COLUMNS)}))"  # noqa: S608 - constant names
+    " FROM event WHERE resident_code IN ("
+)
 _SELECT_EVENTS_BY_REQUEST = f"SELECT {', '.join(rows.EVENT_COLUMNS)} FROM event WHERE request_id IN ("  # noqa: S608 - constant names
 _SELECT_EVENTS_AT = f"SELECT {', '.join(rows.EVENT_COLUMNS[:-1])} FROM event WHERE origin = ? AND seq IN ("  # noqa: S608 - constant names
 _SELECT_ISSUED = "SELECT resident_code FROM issued_code WHERE resident_code IN ("
@@ -220,11 +224,17 @@ class SqlTx:
         self._append(_INSERT_PROVISION, [(*head, code, *tail) for code in codes])
 
     def events_of(self, codes: Iterable[str]) -> list[ChangeEvent]:
+        """Every stored event of these codes, oldest recording first. On SQLite each chunk's rows come packed
+        in one JSON value, one statement step (see _registration_rows): history lookups run on the writer
+        thread beside the event loop (bulk lookups for a purpose with history)."""
         found = []
         for chunk in in_chunks(codes):
-            found += [
-                rows.event_from(row) for row in self.conn.execute(select(event).where(event.c.resident_code.in_(chunk)))
-            ]
+            if self._placeholder == "?":
+                packed = self._fetchall(_SELECT_EVENTS_OF_PACKED + _marks(len(chunk)) + ")", tuple(chunk))
+                found += [rows.event_from_tuple(values) for values in json.loads(packed[0][0])]
+            else:
+                query = select(event).where(event.c.resident_code.in_(chunk))
+                found += [rows.event_from(row) for row in self.conn.execute(query)]
         return sorted(found, key=lambda e: (e.recorded_at, e.origin, e.seq))
 
     def insert_code_rows(self, table: str, codes: Sequence[str], block_id: str) -> None:

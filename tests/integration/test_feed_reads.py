@@ -1,7 +1,8 @@
-"""The change feed's two reads (CenterTx.events_after_id, CenterTx.feed_items) bring every event back exactly
-as stored, in order, with the right keys and limits. On SQLite both read their rows packed in one JSON value
-(CenterTx._packed); the expected values here come from plain SQLAlchemy queries, so the test holds the
-packed path to the driver's own rows. Run on SQLite and PostgreSQL."""
+"""The change feed's two reads (CenterTx.events_after_id, CenterTx.feed_items) and history's events_of bring
+every event back exactly as stored, in order, with the right keys and limits. On SQLite they read their rows
+packed in one JSON value (CenterTx._packed, SqlTx.events_of); the expected values here come from plain
+SQLAlchemy queries, so the test holds the packed path to the driver's own rows. Run on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -126,3 +127,23 @@ def test_an_empty_feed_reads_nothing(engine: Engine) -> None:
         tx = CenterTx(conn)
         assert tx.events_after_id(0, 500) == []
         assert tx.feed_items("pension", "check", 0, 500) == []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(_AWKWARD_TEXT, min_size=3, max_size=5),
+    recorded=st.lists(st.integers(0, 2**53), min_size=1, max_size=4),
+    count=st.integers(0, 12),
+    asked=st.lists(st.sampled_from(CODES), max_size=8, unique=True),
+)
+def test_the_events_of_some_codes_come_back_exactly_oldest_first(
+    engine: Engine, texts: list[str], recorded: list[int], count: int, asked: list[str]
+) -> None:
+    """SqlTx.events_of (history lookups) packs each chunk's rows on SQLite too."""
+    with _rolled_back(engine) as conn:
+        tx = CenterTx(conn)
+        tx.insert_event_rows(_event_rows(texts, recorded, count))
+        everything = [e for _, e in _stored(conn, 0)]
+        found = tx.events_of(asked)
+    expected = sorted((e for e in everything if e.resident_code in asked), key=lambda e: (e.recorded_at, e.seq))
+    assert found == expected
