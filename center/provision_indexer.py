@@ -29,8 +29,8 @@ class ProvisionIndexer:
     whatever its size, since entries of random residents land on nearly every page of it (offline, with
     1.7-1.85 million entries indexed: 17,000 entries took 259 ms, 100,000 273 ms, 200,000 441 ms). Run
     every second, those waits put 1 % of lookups above 20 ms at concurrency 16 (p99 22-35 ms in three
-    rounds); every 10 s,
-    p99 was 15-18 ms and lookups/s 8 % higher (bench/provision.py --quick set-up, 2026-12-01). With no
+    rounds); every 10 s, p99 was 15-18 ms and lookups/s 8 % higher (bench/provision.py --quick set-up,
+    2026-12-01). With no
     indexing at all, against a million residents, lookups/s were about 8 % higher again and the share of
     lookups above 20 ms fell from 0.7-1.0 % to 0.3-0.8 % (three interleaved 15 s passes each, 2026-12-02),
     hence one job a minute at most under load. A disclosure meanwhile scans the unindexed tail: at most

@@ -7,14 +7,13 @@ sets, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest.mock import patch
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 
 from center.provision_servicer import _bulk_response, fill_looked
 from jukinet.codes import resident_code_from_body
@@ -24,10 +23,10 @@ from jukinet.domain.model import EventRow, RegistrationRow
 from jukinet.services import provision
 from jukinet.services.provision import LookupRequest, bulk_lookup, log_lookups, look_up
 from jukinet.services.relay import CallInfo
-from jukinet.storage import make_engine
 from jukinet.storage.center_tx import CenterTx
 from jukinet.storage.rows import REGISTRATION_COLUMNS
 from jukinet.wire.v1 import provision_pb2
+from tests.helpers.center_db import AWKWARD_TEXT, rolled_back
 
 CODES = [resident_code_from_body(f"{n:010d}") for n in range(100, 112)]
 MUNICIPALITIES = ("132080", "132187", "012084")
@@ -81,25 +80,6 @@ def registrations(draw: st.DrawFn) -> list[RegistrationRow]:
     return rows
 
 
-@pytest.fixture
-def engine(db_factory: Callable[[str], str]) -> Iterator[Engine]:
-    engine = make_engine(db_factory("center"))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextmanager
-def _rolled_back(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn.begin()
-        try:
-            yield conn
-        finally:
-            conn.rollback()
-
-
 def _answer(
     tx: CenterTx, fields: frozenset[str], asked: list[str | InvalidField]
 ) -> tuple[bytes, list[tuple[object, ...]]]:
@@ -130,7 +110,7 @@ def test_the_row_shortcut_answers_as_the_domain_path_does(
     )
     answers = []
     for enabled in (True, False):
-        with _rolled_back(engine) as conn, _shortcut(enabled):
+        with rolled_back(engine) as conn, _shortcut(enabled):
             tx = CenterTx(conn)
             tx.upsert_registration_rows(rows)
             tx.insert_event_rows(_events_for(rows))
@@ -172,7 +152,7 @@ def test_unary_lookups_answer_from_rows_as_the_domain_path_does(
     events = _events_for(rows)
     answers = []
     for enabled in (True, False):
-        with _rolled_back(engine) as conn, _shortcut(enabled):
+        with rolled_back(engine) as conn, _shortcut(enabled):
             tx = CenterTx(conn)
             tx.upsert_registration_rows(rows)
             tx.insert_event_rows(events)
@@ -190,7 +170,7 @@ def test_the_shortcut_is_taken_for_a_single_active_registration_only(engine: Eng
     ]
     purpose = Purpose("check", "確認", FIELD_SETS[0])
     agency = Agency("pension", "年金機構", {purpose.id: purpose})
-    with _rolled_back(engine) as conn:
+    with rolled_back(engine) as conn:
         tx = CenterTx(conn)
         tx.upsert_registration_rows(stored)
         items = bulk_lookup(tx, agency=agency, purpose=purpose, codes=[active, deleted, moved], call=CALL, now=NOW)
@@ -199,16 +179,12 @@ def test_the_shortcut_is_taken_for_a_single_active_registration_only(engine: Eng
     assert items[2].provided.record.holder == "132187"
 
 
-# Text a registration may hold (validated at the edge: no NUL), with what JSON has to escape or encode.
-_AWKWARD_TEXT = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30
-) | st.sampled_from(('"quoted"', "back\\slash", "tab\there", "line\nbreak", "𠮷野家", "\u3000全角\u3000", "\\u0041"))
 _SELECT_ALL = f"SELECT {', '.join(REGISTRATION_COLUMNS)} FROM registration"  # noqa: S608 - constant names
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    texts=st.lists(_AWKWARD_TEXT, min_size=3, max_size=3),
+    texts=st.lists(AWKWARD_TEXT, min_size=3, max_size=3),
     numbers=st.lists(st.integers(0, 2**62), min_size=2, max_size=2),
 )
 def test_registration_rows_come_back_exactly_as_stored(engine: Engine, texts: list[str], numbers: list[int]) -> None:
@@ -220,7 +196,7 @@ def test_registration_rows_come_back_exactly_as_stored(engine: Engine, texts: li
         "1980-02-29", 1, address,
     )  # fmt: skip
     other: RegistrationRow = (CODES[0], "012084", False, 10, "2019-01-01", 1, 2, "", "x", "", "1970-01-01", 2, "y")
-    with _rolled_back(engine) as conn:
+    with rolled_back(engine) as conn:
         tx = CenterTx(conn)
         tx.upsert_registration_rows([stored, other])
         found = tx.registration_rows_of([CODES[0], CODES[1]])

@@ -6,44 +6,18 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, select
 
 from jukinet.codes import resident_code_from_body
 from jukinet.domain.model import ChangeEvent, EventRow
-from jukinet.storage import make_engine, rows
+from jukinet.storage import rows
 from jukinet.storage.center_tx import CenterTx
 from jukinet.storage.schema import event
+from tests.helpers.center_db import AWKWARD_TEXT, rolled_back
 
 CODES = [resident_code_from_body(f"{n:010d}") for n in range(300, 340)]
-# Text JSON must escape, characters outside the BMP, and a JSON escape sequence written as plain text.
-_AWKWARD_TEXT = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
-) | st.sampled_from(('"quoted"', "back\\slash", "tab\there", "line\nbreak", "𠮷野家", "\u3000全角\u3000", "\\u0041"))
-
-
-@pytest.fixture
-def engine(db_factory: Callable[[str], str]) -> Iterator[Engine]:
-    engine = make_engine(db_factory("center"))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextmanager
-def _rolled_back(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn.begin()
-        try:
-            yield conn
-        finally:
-            conn.rollback()
 
 
 def _event_rows(texts: list[str], recorded: list[int], count: int) -> list[EventRow]:
@@ -78,7 +52,7 @@ def _stored(conn: Connection, after_id: int) -> list[tuple[int, ChangeEvent]]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    texts=st.lists(_AWKWARD_TEXT, min_size=3, max_size=5),
+    texts=st.lists(AWKWARD_TEXT, min_size=3, max_size=5),
     recorded=st.lists(st.integers(0, 2**53), min_size=1, max_size=3),
     count=st.integers(0, 12),
     limit=st.integers(1, 15),
@@ -87,7 +61,7 @@ def _stored(conn: Connection, after_id: int) -> list[tuple[int, ChangeEvent]]:
 def test_events_after_an_id_come_back_exactly_and_in_order(
     engine: Engine, texts: list[str], recorded: list[int], count: int, limit: int, data: st.DataObject
 ) -> None:
-    with _rolled_back(engine) as conn:
+    with rolled_back(engine) as conn:
         tx = CenterTx(conn)
         tx.insert_event_rows(_event_rows(texts, recorded, count))
         everything = _stored(conn, 0)
@@ -100,7 +74,7 @@ def test_events_after_an_id_come_back_exactly_and_in_order(
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    texts=st.lists(_AWKWARD_TEXT, min_size=3, max_size=5),
+    texts=st.lists(AWKWARD_TEXT, min_size=3, max_size=5),
     count=st.integers(1, 12),
     after_seq=st.integers(0, 12),
     limit=st.integers(1, 15),
@@ -108,7 +82,7 @@ def test_events_after_an_id_come_back_exactly_and_in_order(
 def test_numbered_feed_items_come_back_with_their_events_in_feed_order(
     engine: Engine, texts: list[str], count: int, after_seq: int, limit: int
 ) -> None:
-    with _rolled_back(engine) as conn:
+    with rolled_back(engine) as conn:
         tx = CenterTx(conn)
         tx.insert_event_rows(_event_rows(texts, [1_700_000_000_000_000], count))
         everything = _stored(conn, 0)
@@ -123,7 +97,7 @@ def test_numbered_feed_items_come_back_with_their_events_in_feed_order(
 
 
 def test_an_empty_feed_reads_nothing(engine: Engine) -> None:
-    with _rolled_back(engine) as conn:
+    with rolled_back(engine) as conn:
         tx = CenterTx(conn)
         assert tx.events_after_id(0, 500) == []
         assert tx.feed_items("pension", "check", 0, 500) == []
@@ -131,7 +105,7 @@ def test_an_empty_feed_reads_nothing(engine: Engine) -> None:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    texts=st.lists(_AWKWARD_TEXT, min_size=3, max_size=5),
+    texts=st.lists(AWKWARD_TEXT, min_size=3, max_size=5),
     recorded=st.lists(st.integers(0, 2**53), min_size=1, max_size=4),
     count=st.integers(0, 12),
     asked=st.lists(st.sampled_from(CODES), max_size=8, unique=True),
@@ -140,7 +114,7 @@ def test_the_events_of_some_codes_come_back_exactly_oldest_first(
     engine: Engine, texts: list[str], recorded: list[int], count: int, asked: list[str]
 ) -> None:
     """SqlTx.events_of (history lookups) packs each chunk's rows on SQLite too."""
-    with _rolled_back(engine) as conn:
+    with rolled_back(engine) as conn:
         tx = CenterTx(conn)
         tx.insert_event_rows(_event_rows(texts, recorded, count))
         everything = [e for _, e in _stored(conn, 0)]
