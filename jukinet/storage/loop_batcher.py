@@ -18,9 +18,17 @@ of the VM (0.461-0.479 of the bare handler against 0.448-0.460, 2026-12-02) and 
 policy on a slow one (0.34 against 0.55): a linger's worth depends on the machine's speed.
 
 A caller alone pays the linger without any gain, so a timer that fires with fewer than `min_group` calls
-switches to prompt mode for at most `quiet_s`: each call is flushed on the next turn of the loop. The first
-such flush that finds company (`min_group` calls or more) ends prompt mode, so a short lull under load does
-not leave 50 ms of one-call transactions behind it. A lone sequential caller: 550-580 lookups/s.
+switches to prompt mode for at most `quiet_s`: each call is flushed on the next turn of the loop. A lone
+sequential caller: 550-580 lookups/s. Prompt mode ends early at the first flush that finds company
+(`min_group` calls or more), or that finds the event loop's thread busy (`busy_share` of the wall time in
+CPU, `cpu_clock`) ever since the previous flush ended: a loop that never idled between two calls had more
+callers queued behind them. That second rule matters because under load the calls reach the batcher one
+per turn of the loop, so a prompt flush hardly ever finds company: one lull under sixteen callers left
+the center committing one call a transaction (46 % of its groups had one call; a one-call transaction
+costs about as much CPU as a call's whole gRPC handling) until `quiet_s` ran out, and the next lull put it
+back. Thirteenth session, two centers on copies of bench/provision.py's 100,000-resident database, c=16 in
+alternating 0.5 s slices, seven pairs: -4 % to +19 % lookups/s with the rule (median +5.5 %), the most where
+the old policy had fallen into one-call transactions; one-call groups 1-3 % instead of 10-46 %.
 
 Sharing the database with the writer thread. Both connections begin with BEGIN IMMEDIATE (the writer's
 flag is set in Store), so neither reads a snapshot that the other's commit then makes stale. The loop
@@ -48,7 +56,8 @@ log = structlog.get_logger(__name__)
 
 MAX_ITEMS = 64
 MIN_GROUP = 2
-QUIET_S = 0.05
+QUIET_S = 1.0
+BUSY_SHARE = 0.8
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
@@ -64,12 +73,15 @@ class LoopBatcher(Generic[I, O]):
         max_items: int = MAX_ITEMS,
         min_group: int = MIN_GROUP,
         quiet_s: float = QUIET_S,
+        busy_share: float = BUSY_SHARE,
         clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
         on_flush: Callable[[int, int, float], None] | None = None,
     ) -> None:
         """`on_flush(committed, handed_over, linger_s)` is told, for each group, how many calls its transaction
         on the loop answered and how many went to the writer thread instead (one of the two is 0), and the
-        linger the next group will wait (GroupTiming's, after this group)."""
+        linger the next group will wait (GroupTiming's, after this group). `clock` is wall time, `cpu_clock`
+        the CPU time of the event loop's thread (it runs every flush)."""
         if store.dialect != "sqlite":
             raise ValueError("LoopBatcher runs SQLite transactions on the event loop; use WriteBatcher elsewhere")
         self._store = store
@@ -81,7 +93,10 @@ class LoopBatcher(Generic[I, O]):
         self.max_items = max_items
         self.min_group = min_group
         self.quiet_s = quiet_s
+        self.busy_share = busy_share
         self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._flushed_at: tuple[float, float] | None = None  # (clock, cpu_clock) when the last flush ended
         self._on_flush = on_flush
         self._connection: Connection | None = None
         self._pending: list[tuple[I, asyncio.Future[O]]] = []
@@ -136,6 +151,21 @@ class LoopBatcher(Generic[I, O]):
         self._flush()
 
     def _flush(self) -> None:
+        try:
+            self._flush_taken()
+        finally:
+            self._flushed_at = (self._clock(), self._cpu_clock())
+
+    def _loop_stayed_busy(self) -> bool:
+        """In prompt mode: whether the loop's thread has been running (not waiting for calls) since the last
+        flush ended."""
+        if self._flushed_at is None or self._clock() >= self._prompt_until:
+            return False
+        since, cpu_since = self._flushed_at
+        wall = self._clock() - since
+        return wall > 0 and self._cpu_clock() - cpu_since >= self.busy_share * wall
+
+    def _flush_taken(self) -> None:
         self._flush_queued = False
         if self._timer is not None:
             self._timer.cancel()
@@ -146,7 +176,7 @@ class LoopBatcher(Generic[I, O]):
         lingered, self._lingered_out = self._lingered_out, False
         if not taken:
             return
-        if len(taken) >= self.min_group:  # company again: the next group lingers for it
+        if len(taken) >= self.min_group or self._loop_stayed_busy():  # company again: the next group lingers
             self._prompt_until = 0.0
         items = [item for item, _ in taken]
         started = time.perf_counter()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -56,7 +56,12 @@ class Recorder:
 
 
 def batcher_for(
-    store: Store, rec: Recorder, metrics: NodeMetrics | None = None, *, linger_s: float, **options: float
+    store: Store,
+    rec: Recorder,
+    metrics: NodeMetrics | None = None,
+    *,
+    linger_s: float,
+    **options: float | Callable[[], float],
 ) -> LoopBatcher[int, int]:
     """A batcher with a fixed linger (no adaptive timing, no early commits): groups the tests can predict."""
     fallback: WriteBatcher[int, int] = WriteBatcher(store, rec.run, finish=rec.finish)
@@ -114,7 +119,8 @@ async def test_a_lone_caller_switches_to_prompt_groups(store: Store) -> None:
     """A linger that gathers fewer than min_group calls only delayed them: for quiet_s, each call is
     flushed on the next turn of the loop instead of waiting for company."""
     rec = Recorder()
-    batcher = batcher_for(store, rec, linger_s=0.02, min_group=3, quiet_s=60.0)
+    # cpu_clock standing still: the loop's thread idled between the calls (nobody else was queued)
+    batcher = batcher_for(store, rec, linger_s=0.02, min_group=3, quiet_s=60.0, cpu_clock=lambda: 0.0)
     assert await batcher.submit(2) == 20  # alone: the linger ran out with one call
     first = asyncio.ensure_future(batcher.submit(4))
     await asyncio.sleep(0)  # the next turn of the loop flushes it
@@ -129,7 +135,7 @@ async def test_prompt_mode_ends_when_a_flush_finds_company(store: Store) -> None
     """Under load a lull can leave one call alone in a linger; the first prompt flush that takes min_group
     calls or more switches lingering back on, long before quiet_s."""
     rec = Recorder()
-    batcher = batcher_for(store, rec, linger_s=0.02, min_group=2, quiet_s=60.0)
+    batcher = batcher_for(store, rec, linger_s=0.02, min_group=2, quiet_s=60.0, cpu_clock=lambda: 0.0)
     assert await batcher.submit(2) == 20  # alone: prompt mode
     assert list(await asyncio.gather(batcher.submit(4), batcher.submit(6))) == [40, 60]  # one prompt flush, two calls
     first = asyncio.ensure_future(batcher.submit(8))
@@ -138,6 +144,29 @@ async def test_prompt_mode_ends_when_a_flush_finds_company(store: Store) -> None
     second = asyncio.ensure_future(batcher.submit(10))
     assert list(await asyncio.gather(first, second)) == [80, 100]
     assert rec.groups == [[2], [4, 6], [8, 10]]  # the last two lingered together
+    batcher.close()
+
+
+@pytest.mark.parametrize("loop_busy", [True, False])
+async def test_prompt_mode_ends_when_the_loop_never_idled_since_the_last_flush(store: Store, loop_busy: bool) -> None:
+    """Under load the calls reach the batcher one per turn of the loop, so a prompt flush hardly ever finds
+    company. A prompt flush that finds the loop's thread busy ever since the previous flush ended (its CPU
+    time kept pace with the wall clock) ends prompt mode: the next calls linger together again. A loop that
+    idled in between (a lone caller's round trip) stays prompt."""
+    rec = Recorder()
+    cpu_clock = time.monotonic if loop_busy else (lambda: 0.0)
+    batcher = batcher_for(store, rec, linger_s=0.02, min_group=2, quiet_s=60.0, cpu_clock=cpu_clock)
+    assert await batcher.submit(2) == 20  # alone in its linger: prompt mode
+    assert await batcher.submit(4) == 40  # a prompt flush of one call
+    first = asyncio.ensure_future(batcher.submit(6))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # in prompt mode this turn flushes it alone
+    second = asyncio.ensure_future(batcher.submit(8))
+    assert list(await asyncio.gather(first, second)) == [60, 80]
+    if loop_busy:
+        assert rec.groups == [[2], [4], [6, 8]]  # the prompt flush of 4 found the loop busy: lingering again
+    else:
+        assert rec.groups == [[2], [4], [6], [8]]
     batcher.close()
 
 
