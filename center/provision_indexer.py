@@ -5,12 +5,13 @@ import contextlib
 import time
 
 import structlog
+from sqlalchemy import Connection
 
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.storage import Store
 from jukinet.storage.provision_index import (
     DEFAULT_BATCH,
-    DROP_PER_ENTRY_INDEX,
+    DROP_OLD_INDEXES,
     index_provisions,
     newest_provision,
     unindexed,
@@ -19,14 +20,20 @@ from jukinet.storage.provision_index import (
 log = structlog.get_logger(__name__)
 
 
+def _drop_old_indexes(conn: Connection) -> None:
+    for statement in DROP_OLD_INDEXES:
+        conn.exec_driver_sql(statement)
+
+
 class ProvisionIndexer:
     """Every `interval_s`, looks at how many entries wait to be indexed, and indexes them once there are
     `min_entries` or the oldest has waited `max_wait_s`: `batch` entries per writer job (a job holds the
     writer, so a backlog is worked off in several, and answers waiting for a commit wait at most one).
 
     Indexing seldom and in large batches keeps agency lookups steady. A job holds the write lock, and under
-    closed-loop load every caller in flight waits for it; and a job costs about one pass over the index
-    whatever its size, since entries of random residents land on nearly every page of it (offline, with
+    closed-loop load every caller in flight waits for it; and a job costs about one pass over the part of
+    the index it lands in (the newest segment or two, jukinet.storage.provision_index), whatever the batch's
+    size, since entries of random residents land on nearly every page of it (offline, before segments, with
     1.7-1.85 million entries indexed: 17,000 entries took 259 ms, 100,000 273 ms, 200,000 441 ms). Run
     every second, those waits put 1 % of lookups above 20 ms at concurrency 16 (p99 22-35 ms in three
     rounds); every 10 s, p99 was 15-18 ms and lookups/s 8 % higher (bench/provision.py --quick set-up,
@@ -65,9 +72,9 @@ class ProvisionIndexer:
             indexed, caught_up = await self._store.write(lambda conn: index_provisions(conn, self.batch, upto=target))
             total += indexed
         if not self._old_index_dropped:
-            # A database from before this index: its per-entry index served disclosure until the backfill
-            # above caught up; from now on it only costs.
-            await self._store.write(lambda conn: conn.exec_driver_sql(DROP_PER_ENTRY_INDEX))
+            # A database from before this index: its per-entry index or unsegmented index served disclosure
+            # until the backfill above caught up; from now on they only cost.
+            await self._store.write(_drop_old_indexes)
             self._old_index_dropped = True
         self._metrics.provisions_unindexed.set(await self._store.read(unindexed))
         return total

@@ -3,17 +3,18 @@
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, select, union_all
+from sqlalchemy import Connection, case, select, union_all
 
 from jukinet.domain.errors import InconsistentRecords
 from jukinet.services.ports import ProvisionEntry
-from jukinet.storage import rows
+from jukinet.storage import provision_index, rows
 from jukinet.storage.cursors import cursor_query
-from jukinet.storage.schema import provision_key, provision_key_cursor, provision_log
+from jukinet.storage.schema import provision_by_resident, provision_by_resident_cursor, provision_log
 from jukinet.storage.sql_tx import SqlTx
 
 # One resident's codes (a code change adds one): far more than anyone has, well inside the bound variables
-# of a statement (both halves of the query list them: 2 x 10,000 < SQLite's 32,766).
+# of a statement (both halves of the query list them: 2 x 10,000 < SQLite's 32,766, with room for the index's
+# segments besides: one per 1,048,576 entries).
 MAX_CODES = 10_000
 
 
@@ -37,9 +38,18 @@ def provision_page(
         )
     # Indexed entries through the cursor, and the unindexed tail past it, scanned (jukinet.storage.
     # provision_index). One statement, so one snapshot: the parts are disjoint even while a batch is indexed.
-    cursor = cursor_query(provision_key_cursor, "indexed_through")
-    keyed = select(provision_key.c.provision_id).where(
-        provision_key.c.resident_code.in_(list(codes)), provision_key.c.provision_id > after_id
+    # The index is sought segment by segment, up to the cursor's segment as read just before; should the
+    # indexer move the cursor past that segment meanwhile, the tail starts at the segment's end instead of
+    # at the cursor, so an entry is found in exactly one part either way.
+    first_segment = provision_index.segment_of(after_id)
+    last_segment = max(first_segment, provision_index.segment_of(provision_index.indexed_through(conn)))
+    last_sought = provision_index.segment_end(last_segment)
+    cursor = cursor_query(provision_by_resident_cursor, "indexed_through")
+    tail_after = case((cursor > last_sought, last_sought), else_=cursor)
+    keyed = select(provision_by_resident.c.provision_id).where(
+        provision_by_resident.c.segment.in_(range(first_segment, last_segment + 1)),
+        provision_by_resident.c.resident_code.in_(list(codes)),
+        provision_by_resident.c.provision_id > after_id,
     )
     filters = []
     if since is not None:
@@ -48,7 +58,7 @@ def provision_page(
         filters.append(provision_log.c.at_us < rows.to_us(until))
     indexed = select(provision_log).where(provision_log.c.id.in_(keyed), *filters)
     tail = select(provision_log).where(
-        provision_log.c.id > cursor,
+        provision_log.c.id > tail_after,
         provision_log.c.id > after_id,
         provision_log.c.resident_code.in_(list(codes)),
         *filters,

@@ -6,15 +6,16 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, func, inspect, select
 
 from center.provision_indexer import ProvisionIndexer
 from jukinet.observability.metrics import NodeMetrics
 from jukinet.services.ports import ProvisionEntry
-from jukinet.storage import SqlTx, Store, make_engine
+from jukinet.storage import SqlTx, Store, make_engine, provision_index
 from jukinet.storage.provision_index import index_provisions, indexed_through, unindexed
 from jukinet.storage.provision_queries import provision_page
-from jukinet.storage.schema import provision_key
+from jukinet.storage.schema import provision_by_resident
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 CODES = ("A0000000001", "B0000000002", "C0000000003")
@@ -70,15 +71,43 @@ def test_a_page_is_the_same_before_during_and_after_indexing(db_factory: Callabl
         assert indexed_through(conn) == 30
         assert unindexed(conn) == 0
         assert index_provisions(conn, 100) == (0, True)  # caught up: nothing copied twice
-        assert conn.execute(select(func.count()).select_from(provision_key)).scalar() == 30
+        assert conn.execute(select(func.count()).select_from(provision_by_resident)).scalar() == 30
     engine.dispose()
 
 
-async def test_a_center_indexes_behind_the_log_and_drops_the_per_entry_index(tmp_path: Path) -> None:
+def test_pages_stay_the_same_across_segment_boundaries_and_a_cursor_that_moves_on(
+    db_factory: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments of 4 entries: the 30 entries span eight, batches cross their ends, and a page whose reader
+    saw the cursor in an earlier segment than the one it has reached meanwhile still finds every entry once."""
+    monkeypatch.setattr(provision_index, "PROVISION_SEGMENT", 4)
+    engine = make_engine(db_factory("center"))
+    with engine.begin() as conn:
+        SqlTx(conn).append_provisions(ENTRIES)
+    expected = [_expected(q) for q in QUERIES]
+    for step in (3, 6, 5, 9, 7):  # the cursor at 3, 9, 14, 23, then 30
+        with engine.begin() as conn:
+            index_provisions(conn, step)
+        assert _pages(engine) == expected
+    with engine.begin() as conn:
+        segments = conn.execute(select(provision_by_resident.c.segment, provision_by_resident.c.provision_id)).all()
+        assert sorted(segments) == [(i // 4, i) for i in range(1, 31)]
+    # A reader that read the cursor in segment 1 (id 5) while it has reached 30 since: stale by six segments.
+    monkeypatch.setattr(provision_index, "indexed_through", lambda conn: 5)
+    assert _pages(engine) == expected
+    engine.dispose()
+
+
+async def test_a_center_indexes_behind_the_log_and_drops_the_older_indexes(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'center.db'}")
     try:
         with store.engine.begin() as conn:
             conn.exec_driver_sql("CREATE INDEX ix_provision_log_resident_code ON provision_log (resident_code)")
+            conn.exec_driver_sql(  # the unsegmented index of the eleventh to thirteenth sessions
+                "CREATE TABLE provision_key (resident_code VARCHAR(11), provision_id BIGINT, "
+                "PRIMARY KEY (resident_code, provision_id)) WITHOUT ROWID"
+            )
+            conn.exec_driver_sql("CREATE TABLE provision_key_cursor (id SMALLINT PRIMARY KEY, indexed_through BIGINT)")
         metrics = NodeMetrics()
         indexer = ProvisionIndexer(store, metrics, interval_s=0.05, batch=4)
         await store.write(lambda conn: SqlTx(conn).append_provisions(ENTRIES[:10]))
@@ -97,6 +126,9 @@ async def test_a_center_indexes_behind_the_log_and_drops_the_per_entry_index(tmp
         assert await store.read(indexed_through) == 10  # three jobs of at most 4
         indexes = {i["name"] for i in inspect(store.engine).get_indexes("provision_log")}
         assert "ix_provision_log_resident_code" not in indexes  # dropped once the backfill caught up
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"provision_key", "provision_key_cursor"}.isdisjoint(tables)
+        assert {"provision_by_resident", "provision_by_resident_cursor"} <= tables
         assert metrics.provisions_unindexed._value.get() == 0
         assert await indexer.catch_up() == 0
     finally:
