@@ -68,9 +68,12 @@ class ProvisionIndexer:
         target = await self._store.read(newest_provision)
         total = 0
         caught_up = False
+        started = time.monotonic()
         while not caught_up:
             indexed, caught_up = await self._store.write(lambda conn: index_provisions(conn, self.batch, upto=target))
             total += indexed
+        if total:
+            log.info("provisions_indexed", entries=total, through=target, seconds=round(time.monotonic() - started, 3))
         if not self._old_index_dropped:
             # A database from before this index: its per-entry index or unsegmented index served disclosure
             # until the backfill above caught up; from now on they only cost.
