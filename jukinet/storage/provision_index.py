@@ -19,12 +19,7 @@ segments and 3 codes 1.9 ms against 1.7 ms unsegmented."""
 from sqlalchemy import BigInteger, Connection, func, literal, select
 
 from jukinet.storage.cursors import move_cursor, newest_id, read_cursor
-from jukinet.storage.schema import (
-    PROVISION_SEGMENT,
-    provision_by_resident,
-    provision_by_resident_cursor,
-    provision_log,
-)
+from jukinet.storage.schema import provision_by_resident, provision_by_resident_cursor, provision_log
 
 # Databases created before this module carry the old per-entry index, and those from before segments the
 # unsegmented `provision_key`: once the segmented index has caught up they only cost, so they are dropped.
@@ -34,15 +29,22 @@ DROP_OLD_INDEXES = (
     "DROP TABLE IF EXISTS provision_key_cursor",
 )
 DEFAULT_BATCH = 250_000  # more than the indexer's min_entries: one job a catch-up
+PROVISION_SEGMENT = 1 << 20  # log ids a segment: part of the stored layout, never change it on a live database
+_INDEX_COLUMNS = ["segment", "resident_code", "provision_id"]
 
 
 def segment_of(provision_id: int) -> int:
     return provision_id // PROVISION_SEGMENT
 
 
+def segment_start(segment: int) -> int:
+    """The first provision id in `segment`."""
+    return segment * PROVISION_SEGMENT
+
+
 def segment_end(segment: int) -> int:
     """The last provision id in `segment`."""
-    return (segment + 1) * PROVISION_SEGMENT - 1
+    return segment_start(segment + 1) - 1
 
 
 def indexed_through(conn: Connection) -> int:
@@ -77,7 +79,7 @@ def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH, *, upto: int 
         return 0, True
     copied = 0
     for segment in range(segment_of(start + 1), segment_of(through) + 1):
-        first = max(start + 1, segment * PROVISION_SEGMENT)
+        first = max(start + 1, segment_start(segment))
         last = min(through, segment_end(segment))
         in_range = (provision_log.c.id >= first, provision_log.c.id <= last)
         batch = (
@@ -85,8 +87,7 @@ def index_provisions(conn: Connection, limit: int = DEFAULT_BATCH, *, upto: int 
             .where(*in_range)
             .order_by(provision_log.c.resident_code, provision_log.c.id)
         )
-        columns = ["segment", "resident_code", "provision_id"]
-        count = conn.execute(provision_by_resident.insert().from_select(columns, batch)).rowcount
+        count = conn.execute(provision_by_resident.insert().from_select(_INDEX_COLUMNS, batch)).rowcount
         if count < 0:  # a driver that does not report it for INSERT … SELECT
             count = conn.execute(select(func.count()).select_from(provision_log).where(*in_range)).scalar_one()
         copied += count

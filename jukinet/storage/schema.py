@@ -192,11 +192,10 @@ provision_log = Table(
 # resident-code order, many entries per page (jukinet/storage/provision_index.py), up to the cursor below;
 # readers scan the log's few entries past the cursor. No index on provision_log itself: a random insert
 # per entry there halved bulk lookups (bench/provision.py, 1,000,000 items: 19.5k vs 41k items/s).
-# Keyed by segment first (provision_log.id // PROVISION_SEGMENT): a batch lands in the newest segment or
-# two, so indexing it costs one pass over a segment, not over the whole log's index, however old the
-# log grows (the domain keeps it at least 7 years). Its name is new with the segment column: an older
+# Keyed by segment first (provision_log.id // provision_index.PROVISION_SEGMENT): a batch lands in the
+# newest segment or two, so indexing it costs one pass over a segment, not over the whole log's index,
+# however old the log grows (the domain keeps it at least 7 years). Its name is new with the segment column: an older
 # database's `provision_key` is dropped once this one has caught up (center/provision_indexer.py).
-PROVISION_SEGMENT = 1 << 20
 provision_by_resident = Table(
     "provision_by_resident",
     metadata,
